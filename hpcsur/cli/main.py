@@ -1,0 +1,55 @@
+"""The ``hpcsur`` command: one entry point, one module per subcommand.
+
+Bad input (:class:`hpcsur.errors.InputError`) is reported as one line on stderr with exit code 2,
+before anything is written.
+"""
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from hpcsur.errors import InputError
+
+# subcommand -> (module under hpcsur.cli, one-line help)
+COMMANDS = {
+    "generate": ("generate", "simulate trajectories and write partial labels to a sharded zarr store (use under mpiexec)"),
+    "store": ("store", "inspect a store: info, verify"),
+    "validate": ("validate", "check a job spec and print it with defaults filled in"),
+    "demo": ("demo", "run the main demo end to end on the embedded default"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hpcsur", description=__doc__.splitlines()[0])
+    from hpcsur import __version__
+
+    parser.add_argument("--version", action="version", version=f"hpcsur {__version__}")
+    parser.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, (module, help_text) in COMMANDS.items():
+        mod = importlib.import_module(f"hpcsur.cli.{module}")
+        sp = sub.add_parser(name, help=help_text, description=help_text)
+        mod.add_arguments(sp)
+        sp.set_defaults(_run=mod.run)
+    return parser
+
+
+def main(argv=None) -> int:
+    from hpcsur.log import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    try:
+        return int(args._run(args) or 0)
+    except InputError as err:
+        print(f"hpcsur {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"hpcsur {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
