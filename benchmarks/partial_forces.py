@@ -1,0 +1,79 @@
+"""Partial forces (50 random atoms) vs a full force call, LJ at rho = 0.8, one thread.
+
+Sizes 800, 2,700, 6,400, 21,600, 51,200 atoms (perturbed fcc lattices: the numbers are 4 n^3
+for n = 5.85.. are not all fcc, so each system is a random configuration at the right box,
+placed with a minimum distance and relaxed briefly). For each size it reports the median time of
+one ``partial_forces(positions, idx, cells=cells)`` call over many repeats (new random ``idx``
+each call, binning excluded), the binning time, the full ``forces`` time, and the speed-up
+full / partial. Prints one JSON object as the last stdout line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import time
+
+os.environ.setdefault("NUMBA_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+
+from hpcsur.systems.lennard_jones import LennardJones, random_positions  # noqa: E402
+
+SIZES = (800, 2700, 6400, 21600, 51200)
+DENSITY = 0.8
+K = 50
+PARTIAL_REPEATS = 2000
+FULL_REPEATS = 5
+
+
+def configuration(n: int, rng: np.random.Generator):
+    """Random positions at rho = 0.8 with a 0.9 sigma minimum distance (no relaxation needed
+    for timing: forces are finite and the overlap check passes)."""
+    length = (n / DENSITY) ** (1.0 / 3.0)
+    box = (length, length, length)
+    return random_positions(n, box, rng, min_dist=0.9), box
+
+
+def median_time(fn, repeats: int) -> float:
+    times = np.empty(repeats)
+    for r in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times[r] = time.perf_counter() - t0
+    return float(np.median(times))
+
+
+def bench_size(n: int, rng: np.random.Generator) -> dict:
+    pos, box = configuration(n, rng)
+    lj = LennardJones(box, n_atoms=n)
+    lj.partial_forces(pos, np.arange(K), cells=lj.bin(pos))  # warm-up
+    lj.forces(pos)
+    cells = lj.bin(pos)
+    index_sets = [rng.choice(n, K, replace=False) for _ in range(PARTIAL_REPEATS)]
+    it = iter(index_sets)
+    partial = median_time(lambda: lj.partial_forces(pos, next(it), cells=cells), PARTIAL_REPEATS)
+    binning = median_time(lambda: lj.bin(pos), 20)
+    full = median_time(lambda: lj.forces(pos), FULL_REPEATS)
+    return {"atoms": n, "partial_us": round(partial * 1e6, 2), "binning_ms": round(binning * 1e3, 3),
+            "full_ms": round(full * 1e3, 3), "speedup_full_over_partial": round(full / partial, 1)}
+
+
+def main() -> None:
+    rng = np.random.default_rng(2024)
+    rows = [bench_size(n, rng) for n in SIZES]
+    partial = np.array([r["partial_us"] for r in rows])
+    result = {
+        "benchmark": "partial_forces",
+        "k": K,
+        "density": DENSITY,
+        "threads": int(os.environ["NUMBA_NUM_THREADS"]),
+        "rows": rows,
+        "partial_spread_vs_800": round(float(partial.max() / partial[0] - 1.0), 3),
+        "partial_min_over_max": round(float(partial.min() / partial.max()), 3),
+        "speedup_at_51200": rows[-1]["speedup_full_over_partial"],
+    }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Read a dataset: by trajectory, by global frame range, or shard by shard for streaming training.
+
+Frames of shards without a completion record read as the fill value (NaN / -1); use
+:meth:`Dataset.complete_mask` to tell them apart.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Iterator, Sequence
+
+import numpy as np
+import zarr
+
+from hpcsur.errors import InputError
+from hpcsur.store.manifest import completed_shards, read_attrs
+from hpcsur.store.schema import DatasetSchema, _check_rank, check_shard_id
+
+
+def shard_order(shards: Sequence[int], epoch: int, seed: int) -> list[int]:
+    """A permutation of ``shards`` that depends only on (seed, epoch) and the set of shards.
+
+    Sorting first makes the result independent of the order the ids were listed in, so every
+    rank computes the same permutation without communicating.
+    """
+    ids = np.array(sorted(set(int(s) for s in shards)), dtype=np.int64)
+    rng = np.random.default_rng([int(seed), int(epoch)])
+    return ids[rng.permutation(len(ids))].tolist()
+
+
+def rank_shards(shards: Sequence[int], rank: int, size: int, epoch: int, seed: int,
+                drop_last: bool = False) -> list[int]:
+    """Rank ``rank``'s share of the permuted shards: every ``size``-th one, starting at ``rank``.
+
+    Ranks get disjoint sets that together cover all shards. With ``drop_last`` the tail is cut so
+    every rank gets the same count (needed when ranks step in lockstep, e.g. DDP allreduce).
+    """
+    _check_rank(rank, size)
+    order = shard_order(shards, epoch, seed)
+    if drop_last:
+        order = order[: len(order) - len(order) % size]
+    return order[rank::size]
+
+
+class Dataset:
+    """A read-only view of one store. Cheap to create; arrays are opened lazily by zarr."""
+
+    def __init__(self, path: str | os.PathLike):
+        self.path = Path(path)
+        self.attrs: dict[str, Any] = read_attrs(self.path)
+        if "schema" not in self.attrs:
+            raise InputError(f"store {self.path}: not an hpcsur dataset (no 'schema' attribute)")
+        self.schema = DatasetSchema.from_dict(self.attrs["schema"])
+        group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
+        self._arrays = {name: group[name] for name in self.schema.arrays()}
+
+    # -- sizes ---------------------------------------------------------------------------------
+    @property
+    def n_traj(self) -> int:
+        return self.schema.n_traj
+
+    @property
+    def frames_per_traj(self) -> int:
+        return self.schema.frames_per_traj
+
+    @property
+    def n_frames(self) -> int:
+        return self.schema.n_frames
+
+    @property
+    def array_names(self) -> list[str]:
+        return list(self.schema.arrays())
+
+    def __repr__(self) -> str:
+        return (f"Dataset({str(self.path)!r}, T={self.n_traj}, F={self.frames_per_traj}, "
+                f"shards={len(self.completed_shards())}/{self.schema.n_shards})")
+
+    # -- random access -------------------------------------------------------------------------
+    def _names(self, arrays: Sequence[str] | None) -> list[str]:
+        if arrays is None:
+            return self.array_names
+        for name in arrays:
+            if name not in self._arrays:
+                raise InputError(f"arrays: unknown array {name!r} (dataset has {', '.join(self._arrays)})")
+        return list(arrays)
+
+    def global_frames(self, start: int, stop: int, arrays: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Frames ``[start, stop)`` of the trajectory-major frame axis, for each requested array."""
+        if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
+                and 0 <= start <= stop <= self.n_frames):
+            raise InputError(f"frames: need 0 <= start <= stop <= {self.n_frames}, got [{start}, {stop})")
+        return {name: self._arrays[name][start:stop] for name in self._names(arrays)}
+
+    def frames(self, traj: int, start: int = 0, stop: int | None = None,
+               arrays: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """Frames ``[start, stop)`` (local frame numbers) of trajectory ``traj``."""
+        F = self.frames_per_traj
+        if isinstance(traj, bool) or not isinstance(traj, (int, np.integer)) or not 0 <= traj < self.n_traj:
+            raise InputError(f"traj: expected an integer in [0, {self.n_traj}), got {traj!r}")
+        stop = F if stop is None else stop
+        if not 0 <= start <= stop <= F:
+            raise InputError(f"frames: need 0 <= start <= stop <= {F} within a trajectory, got [{start}, {stop})")
+        return self.global_frames(traj * F + start, traj * F + stop, arrays)
+
+    def shard(self, s: int, arrays: Sequence[str] | None = None) -> dict[str, np.ndarray]:
+        """All frames of shard ``s`` (reads exactly one file per array)."""
+        check_shard_id(s, self.schema.n_shards)
+        return self.global_frames(*self.schema.shard_frames(s), arrays)
+
+    # -- completeness --------------------------------------------------------------------------
+    def completed_shards(self) -> set[int]:
+        return completed_shards(self.path)
+
+    def complete_mask(self) -> np.ndarray:
+        """Boolean per global frame: True where the frame's shard has a completion record."""
+        per_shard = np.zeros(self.schema.n_shards, dtype=bool)
+        per_shard[sorted(self.completed_shards())] = True
+        return np.repeat(per_shard, self.schema.frames_per_shard)
+
+    # -- streaming -----------------------------------------------------------------------------
+    def iter_shards(self, rank: int, size: int, epoch: int, seed: int,
+                    arrays: Sequence[str] | None = None,
+                    drop_last: bool = False) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
+        """Yield ``(shard_id, arrays)`` for this rank's share of the completed shards.
+
+        The shards are permuted by (seed, epoch) identically on every rank and dealt round robin,
+        so ranks read disjoint shards and a new epoch reshuffles. Only completed shards are used.
+        """
+        names = self._names(arrays)
+        for s in rank_shards(sorted(self.completed_shards()), rank, size, epoch, seed, drop_last):
+            yield s, self.shard(s, names)
+
+
+def open_dataset(path: str | os.PathLike) -> Dataset:
+    """Open a dataset for reading (InputError if ``path`` holds none)."""
+    if not (Path(path) / "zarr.json").is_file():
+        raise InputError(f"store {path}: not a dataset (no zarr.json)")
+    return Dataset(path)

@@ -1,0 +1,245 @@
+"""The dataset layout as pure data: array shapes, dtypes, shard geometry and who writes what.
+
+Nothing here touches the disk. A dataset holds ``T`` trajectories of ``F`` frames each, stored
+trajectory-major, so global frame ``g = traj * F + j``. Every array's first axis is the global
+frame axis and is the only sharded axis: shard ``s`` covers frames ``[s*S, (s+1)*S)`` in *every*
+array, where ``S = frames_per_shard``. ``S`` divides ``F``, so a shard never straddles two
+trajectories, and shard ``s`` is written by exactly one rank, :func:`shard_owner` ``(s, size)``.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import asdict, dataclass, fields
+from typing import Any, Mapping
+
+import numpy as np
+
+from hpcsur.errors import InputError
+
+MiB = 1024 * 1024
+#: Default target size of one shard file before compression (one file per shard per array).
+DEFAULT_TARGET_SHARD_BYTES = 64 * MiB
+#: Inner chunks (the unit a reader decompresses) should be at least this large where possible.
+DEFAULT_MIN_CHUNK_BYTES = 1 * MiB
+
+FLOAT_FILL = float("nan")
+INT_FILL = -1
+
+
+@dataclass(frozen=True)
+class ArraySpec:
+    """One array of a dataset: its name, full shape, dtype and the value of never-written frames."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str
+    fill_value: float | int
+
+    @property
+    def frame_shape(self) -> tuple[int, ...]:
+        """The shape of one frame (everything after the frame axis)."""
+        return self.shape[1:]
+
+    @property
+    def bytes_per_frame(self) -> int:
+        return int(np.dtype(self.dtype).itemsize * int(np.prod(self.frame_shape, dtype=np.int64)))
+
+
+@dataclass(frozen=True)
+class DatasetSchema:
+    """Sizes that fix every array's shape and the shard geometry of one dataset.
+
+    ``n_state`` is N (length of the flattened microscopic state), ``k`` the number of chosen
+    blocks per frame, ``m`` the block size (so f_I is (k, m)), ``n_obs`` the length of the
+    observable phi*. ``full_labels`` adds the (frames, N) ``f_full`` array.
+    """
+
+    n_traj: int
+    frames_per_traj: int
+    n_state: int
+    k: int
+    m: int
+    n_obs: int
+    full_labels: bool
+    frames_per_shard: int
+    chunk_frames: int
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "full_labels":
+                if not isinstance(value, (bool, np.bool_)):
+                    raise InputError(f"schema.full_labels: expected a bool, got {value!r}")
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+                raise InputError(f"schema.{f.name}: expected an integer, got {value!r}")
+            if value < 1:
+                raise InputError(f"schema.{f.name}: must be >= 1, got {value}")
+        if self.frames_per_traj % self.frames_per_shard:
+            raise InputError(
+                f"schema.frames_per_shard: {self.frames_per_shard} must divide frames_per_traj="
+                f"{self.frames_per_traj} (a shard may not cross a trajectory boundary)")
+        if self.frames_per_shard % self.chunk_frames:
+            raise InputError(
+                f"schema.chunk_frames: {self.chunk_frames} must divide frames_per_shard="
+                f"{self.frames_per_shard}")
+
+    # -- derived sizes -----------------------------------------------------------------------
+    @property
+    def n_frames(self) -> int:
+        """Total number of frames, T * F."""
+        return self.n_traj * self.frames_per_traj
+
+    @property
+    def n_shards(self) -> int:
+        return self.n_frames // self.frames_per_shard
+
+    @property
+    def shards_per_traj(self) -> int:
+        return self.frames_per_traj // self.frames_per_shard
+
+    def arrays(self) -> dict[str, ArraySpec]:
+        """Every array of the dataset, in a fixed order (the order verify reports problems in)."""
+        return array_specs(self)
+
+    @property
+    def bytes_per_frame(self) -> int:
+        """Uncompressed bytes of one frame summed over all arrays."""
+        return sum(a.bytes_per_frame for a in self.arrays().values())
+
+    def shard_frames(self, s: int) -> tuple[int, int]:
+        """Global frame range ``[start, stop)`` of shard ``s``."""
+        check_shard_id(s, self.n_shards)
+        return shard_frame_range(s, self.frames_per_shard)
+
+    def shard_traj(self, s: int) -> int:
+        """The single trajectory that shard ``s`` belongs to."""
+        return self.shard_frames(s)[0] // self.frames_per_traj
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else int(v)) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSchema":
+        names = {f.name for f in fields(cls)}
+        missing = sorted(names - set(d))
+        if missing:
+            raise InputError(f"schema: missing field {missing[0]!r}")
+        return cls(**{k: d[k] for k in names})
+
+
+def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
+    """The arrays of a dataset with their full shapes; ``f_full`` only when ``full_labels``."""
+    n = schema.n_frames
+    specs = [
+        ArraySpec("x", (n, schema.n_state), "float64", FLOAT_FILL),
+        ArraySpec("t", (n,), "float64", FLOAT_FILL),
+        ArraySpec("step", (n,), "int64", INT_FILL),
+        ArraySpec("traj", (n,), "int32", INT_FILL),
+        ArraySpec("idx", (n, schema.k), "int64", INT_FILL),
+        ArraySpec("f_partial", (n, schema.k, schema.m), "float64", FLOAT_FILL),
+        ArraySpec("phi", (n, schema.n_obs), "float64", FLOAT_FILL),
+    ]
+    if schema.full_labels:
+        specs.append(ArraySpec("f_full", (n, schema.n_state), "float64", FLOAT_FILL))
+    return {a.name: a for a in specs}
+
+
+# -- shard geometry (pure functions) ------------------------------------------------------------
+
+def _divisors(n: int) -> list[int]:
+    small = [d for d in range(1, int(n ** 0.5) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
+
+
+def choose_frames_per_shard(frames_per_traj: int, bytes_per_frame: int,
+                            target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES) -> int:
+    """The largest divisor of F whose shard (``S * bytes_per_frame``) fits ``target_shard_bytes``.
+
+    A divisor of F keeps every shard inside one trajectory. If even one frame exceeds the
+    target, a shard holds one frame (shards can't be smaller than a frame).
+    """
+    _positive("frames_per_traj", frames_per_traj)
+    _positive("bytes_per_frame", bytes_per_frame)
+    _positive("target_shard_bytes", target_shard_bytes)
+    fitting = [d for d in _divisors(frames_per_traj) if d * bytes_per_frame <= target_shard_bytes]
+    return max(fitting) if fitting else 1
+
+
+def choose_chunk_frames(frames_per_shard: int, bytes_per_frame: int,
+                        min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES) -> int:
+    """The smallest divisor of S whose inner chunk holds at least ``min_chunk_bytes``.
+
+    Small inner chunks make random frame access cheap, but below ~1 MB the per-chunk codec and
+    index overhead dominates. When the whole shard is smaller than that, the chunk is the shard.
+    """
+    _positive("frames_per_shard", frames_per_shard)
+    _positive("bytes_per_frame", bytes_per_frame)
+    _positive("min_chunk_bytes", min_chunk_bytes)
+    for d in _divisors(frames_per_shard):
+        if d * bytes_per_frame >= min_chunk_bytes:
+            return d
+    return frames_per_shard
+
+
+def make_schema(n_traj: int, frames_per_traj: int, n_state: int, k: int, m: int, n_obs: int,
+                full_labels: bool = False, *,
+                target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES,
+                min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES) -> DatasetSchema:
+    """A schema with shard and chunk sizes chosen from the per-frame size of the largest array.
+
+    Sizing uses the largest array (normally ``x`` or ``f_full``) because it dominates the bytes and
+    every array shares the same frame split.
+    """
+    probe = DatasetSchema(n_traj, frames_per_traj, n_state, k, m, n_obs, full_labels, 1, 1)
+    bpf = max(a.bytes_per_frame for a in probe.arrays().values())
+    s = choose_frames_per_shard(frames_per_traj, bpf, target_shard_bytes)
+    c = choose_chunk_frames(s, bpf, min_chunk_bytes)
+    return DatasetSchema(n_traj, frames_per_traj, n_state, k, m, n_obs, full_labels, s, c)
+
+
+def shard_owner(s: int, size: int) -> int:
+    """The one rank allowed to write shard ``s`` among ``size`` ranks (round robin).
+
+    zarr writes a shard as a read-modify-write of the whole shard file, so two writers of one
+    shard lose data; a fixed owner per shard rules that out.
+    """
+    _positive("size", size)
+    if s < 0:
+        raise InputError(f"shard: must be >= 0, got {s}")
+    return s % size
+
+
+def owned_shards(n_shards: int, rank: int, size: int) -> list[int]:
+    """The shards rank ``rank`` writes, ascending."""
+    _check_rank(rank, size)
+    return list(range(rank, n_shards, size))
+
+
+def shard_frame_range(s: int, frames_per_shard: int) -> tuple[int, int]:
+    """Global frames ``[s*S, (s+1)*S)`` covered by shard ``s`` in every array."""
+    return s * frames_per_shard, (s + 1) * frames_per_shard
+
+
+def check_shard_id(s: int, n_shards: int) -> None:
+    if isinstance(s, bool) or not isinstance(s, (int, np.integer)) or not 0 <= s < n_shards:
+        raise InputError(f"shard: expected an integer in [0, {n_shards}), got {s!r}")
+
+
+def spec_hash(schema: DatasetSchema, attrs: Mapping[str, Any]) -> str:
+    """A short stable hash of the schema and the user attributes (what a resume must match)."""
+    blob = json.dumps({"schema": schema.to_dict(), "attrs": attrs}, sort_keys=True,
+                      separators=(",", ":"), default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _positive(name: str, value: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise InputError(f"{name}: expected an integer >= 1, got {value!r}")
+
+
+def _check_rank(rank: int, size: int) -> None:
+    _positive("size", size)
+    if isinstance(rank, bool) or not isinstance(rank, (int, np.integer)) or not 0 <= rank < size:
+        raise InputError(f"rank: expected an integer in [0, {size}), got {rank!r}")

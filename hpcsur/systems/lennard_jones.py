@@ -1,0 +1,517 @@
+"""Lennard-Jones fluid (LAMMPS ``pair_style lj/cut``) in a 3-D orthorhombic periodic box.
+
+State and vector field
+----------------------
+``x = concat(r.ravel(), v.ravel())`` of length 6n (xyz interleaved per atom), so the layout is
+``Layout(block_size=6, n_blocks=n, fields=("positions", "velocities"))`` and
+
+    f(x) = (v, F(r) / m),        F_i = sum_{j != i, r_ij < r_c} 24 eps [2 (s/r)^12 - (s/r)^6] d_ij / r_ij^2
+
+with ``d_ij = r_i - r_j`` under the minimum image convention. Positions are kept **unwrapped**
+(continuous trajectories); they are wrapped only to find cells.
+
+Potential ``u(r) = 4 eps [(s/r)^12 - (s/r)^6] - u_shift`` for r < r_c, ``u_shift = u(r_c)`` when
+``shift`` (the shift changes energies, never forces). Observables:
+
+    T = sum_i m |v_i|^2 / (3 (n - 1))                 (temperature, k_B = 1; 3 momentum dof removed)
+    P = (n T + (1/3) sum_{i<j} d_ij . F_ij) / V         (virial pressure)
+
+The number of atoms
+-------------------
+The force routines (``forces``, ``partial_forces``, ``potential_energy``, ``pressure``) work for
+any number of atoms. The System protocol (``layout``, ``rhs``, ``partial_rhs``, ``observable``,
+``stepper``) needs a fixed n: pass ``n_atoms=`` to the constructor (``LennardJones(box,
+n_atoms=len(positions))``); without it these raise an InputError that says so.
+
+Determinism of the stepper
+--------------------------
+``lj.stepper(dt)`` keeps a Verlet list and the last forces. Forces summed over a neighbour list
+depend (in the last bits) on the order of the list, i.e. on when it was built. A *fresh* stepper
+(or ``step.reset()``) rebuilds the list from the state it is given, so the trajectory it produces
+is a deterministic function of that state and of the rebuild schedule. For bit-identical
+resume, call ``reset()`` at every checkpoint in the original run as well (or use
+``rebuild_every=k`` with checkpoints at multiples of k); resuming from a checkpoint with a fresh
+stepper then reproduces the original run bit for bit.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+
+from hpcsur.errors import InputError
+from hpcsur.systems import lj_kernels as K
+from hpcsur.systems.base import Layout, check_indices, check_state
+
+OVERLAP_FRACTION = 0.5  # atoms closer than 0.5 sigma are rejected as overlapping
+
+
+# ----------------------------------------------------------------------------- parameters
+@dataclass(frozen=True)
+class LennardJonesParams:
+    """Physical and numerical parameters of the LJ system (reduced LJ units, k_B = 1).
+
+    ``box``: edge lengths (Lx, Ly, Lz) of the periodic box [0, L); ``n_atoms``: number of atoms
+    (None = not fixed, only the force routines are usable); ``rcut``: cutoff r_c; ``skin``: extra
+    Verlet-list distance; ``shift``: subtract u(r_c) from every pair energy; ``mass``: atom mass.
+    """
+
+    box: tuple[float, float, float]
+    n_atoms: int | None = None
+    epsilon: float = 1.0
+    sigma: float = 1.0
+    rcut: float = 2.5
+    skin: float = 0.3
+    shift: bool = False
+    mass: float = 1.0
+
+    def __post_init__(self):
+        box = tuple(float(b) for b in np.asarray(self.box, dtype=np.float64).ravel())
+        if len(box) != 3:
+            raise InputError(f"box: expected 3 edge lengths (Lx, Ly, Lz), got {len(box)}")
+        object.__setattr__(self, "box", box)
+        for name in ("epsilon", "sigma", "rcut", "mass"):
+            value = getattr(self, name)
+            if not (np.isfinite(value) and value > 0):
+                raise InputError(f"{name}: must be a finite number > 0, got {value!r}")
+        if not (np.isfinite(self.skin) and self.skin >= 0):
+            raise InputError(f"skin: must be a finite number >= 0, got {self.skin!r}")
+        if not all(np.isfinite(b) for b in box):
+            raise InputError(f"box: edge lengths must be finite, got {box}")
+        need = 2.0 * (self.rcut + self.skin)
+        if min(box) < need:
+            axis = "xyz"[int(np.argmin(box))]
+            raise InputError(f"box: L{axis} = {min(box):g} is shorter than 2*(rcut + skin) = {need:g}; "
+                             f"use a larger box or a smaller cutoff")
+        if self.n_atoms is not None and not (isinstance(self.n_atoms, (int, np.integer)) and self.n_atoms >= 2):
+            raise InputError(f"n_atoms: must be an integer >= 2, got {self.n_atoms!r}")
+
+    @property
+    def volume(self) -> float:
+        """V = Lx Ly Lz."""
+        return float(np.prod(self.box))
+
+    @property
+    def energy_shift(self) -> float:
+        """u(r_c) when ``shift`` else 0."""
+        return K._energy_shift(self.rcut, self.epsilon, self.sigma, self.shift)
+
+
+class CellList(NamedTuple):
+    """A periodic cell list of one configuration (cells of side >= r_c), reusable across
+    ``partial_forces`` calls on that configuration. ``positions`` is the binned copy."""
+
+    cell_start: np.ndarray
+    atoms: np.ndarray
+    slot_of: np.ndarray
+    spos: np.ndarray
+    n_cell: np.ndarray
+    positions: np.ndarray
+
+
+class NeighbourList(NamedTuple):
+    """A half Verlet list in cell-sorted slot order: slot ``s`` holds atom ``atoms[s]``; its
+    partners are the slots ``nbr[nbr_start[s]:nbr_start[s+1]]`` (all > s); ``ref_pos`` are the
+    positions at build time (for the displacement criterion)."""
+
+    atoms: np.ndarray
+    nbr_start: np.ndarray
+    nbr: np.ndarray
+    ref_pos: np.ndarray
+
+
+# ----------------------------------------------------------------------------- the system
+class LennardJones:
+    """lj/cut fluid in a periodic box; implements :class:`hpcsur.systems.base.System`.
+
+    ``LennardJones(box, n_atoms=None, rcut=2.5, epsilon=1.0, sigma=1.0, skin=0.3, shift=False,
+    mass=1.0)`` or ``LennardJones.from_params(LennardJonesParams(...))``.
+    """
+
+    observable_names = ("temperature",)
+
+    def __init__(self, box, n_atoms=None, rcut=2.5, epsilon=1.0, sigma=1.0, skin=0.3, shift=False, mass=1.0):
+        self.params = LennardJonesParams(box=box, n_atoms=n_atoms, epsilon=epsilon, sigma=sigma, rcut=rcut,
+                                         skin=skin, shift=shift, mass=mass)
+        p = self.params
+        self._box = np.array(p.box, dtype=np.float64)
+        self._rc2 = p.rcut ** 2
+        self._sigma2 = p.sigma ** 2
+        self._min_r2 = (OVERLAP_FRACTION * p.sigma) ** 2
+        # cells of side >= r_c for partial forces, >= r_c + skin for Verlet lists
+        self._partial_cells = np.floor(self._box / p.rcut).astype(np.int64)
+        self._nbr_guess = 0
+
+    @classmethod
+    def from_params(cls, params: LennardJonesParams) -> "LennardJones":
+        return cls(params.box, params.n_atoms, params.rcut, params.epsilon, params.sigma, params.skin,
+                   params.shift, params.mass)
+
+    # ------------------------------------------------------------------ shape helpers
+    @property
+    def n_atoms(self) -> int:
+        if self.params.n_atoms is None:
+            raise InputError("n_atoms: this LennardJones system has no fixed atom count; "
+                             "construct it with LennardJones(box, n_atoms=len(positions), ...)")
+        return int(self.params.n_atoms)
+
+    @property
+    def layout(self) -> Layout:
+        return Layout(block_size=6, n_blocks=self.n_atoms, fields=("positions", "velocities"))
+
+    def split(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Views ``(positions (n, 3), velocities (n, 3))`` of a state vector (validated)."""
+        n = self.n_atoms
+        x = check_state(x, 6 * n)
+        return x[:3 * n].reshape(n, 3), x[3 * n:].reshape(n, 3)
+
+    @staticmethod
+    def join(positions: np.ndarray, velocities: np.ndarray) -> np.ndarray:
+        """State vector ``concat(positions.ravel(), velocities.ravel())``."""
+        return np.concatenate([np.asarray(positions, np.float64).ravel(), np.asarray(velocities, np.float64).ravel()])
+
+    def _positions(self, positions, name="positions") -> np.ndarray:
+        pos = np.ascontiguousarray(positions, dtype=np.float64)
+        if pos.ndim != 2 or pos.shape[1] != 3 or pos.shape[0] < 2:
+            raise InputError(f"{name}: expected shape (n_atoms >= 2, 3), got {pos.shape}")
+        if self.params.n_atoms is not None and pos.shape[0] != self.params.n_atoms:
+            raise InputError(f"{name}: expected {self.params.n_atoms} atoms, got {pos.shape[0]}")
+        if not np.all(np.isfinite(pos)):
+            atom = int(np.flatnonzero(~np.all(np.isfinite(pos), axis=1))[0])
+            raise InputError(f"{name}: non-finite coordinate (NaN or inf) for atom {atom}")
+        return pos
+
+    def _overlap_error(self, i: int, j: int, positions: np.ndarray) -> InputError:
+        d = positions[i] - positions[j]
+        d -= self._box * np.round(d / self._box)
+        return InputError(f"positions: atoms {min(i, j)} and {max(i, j)} overlap (distance "
+                          f"{np.linalg.norm(d):.4g} < {OVERLAP_FRACTION} sigma)")
+
+    # ------------------------------------------------------------------ neighbour lists
+    def build_list(self, positions: np.ndarray, skin: float | None = None, check_overlap: bool = True) -> NeighbourList:
+        """Bin (cells >= r_c + skin), sort atoms by cell and build the half Verlet list.
+
+        Raises InputError naming the pair when two atoms are closer than 0.5 sigma.
+        """
+        skin = self.params.skin if skin is None else skin
+        pos = positions
+        list_cut = self.params.rcut + skin
+        n_cell = np.maximum(1, np.floor(self._box / list_cut)).astype(np.int64)
+        cell_start, atoms, _, spos = K.bin_periodic(pos, self._box, n_cell)
+        n = pos.shape[0]
+        capacity = max(self._nbr_guess, 16 * n)
+        min_r2 = self._min_r2 if check_overlap else -1.0
+        while True:
+            nbr_start, nbr, n_pairs, bad_a, bad_b = K.build_half_list(spos, cell_start, self._box, n_cell,
+                                                                      list_cut ** 2, min_r2, capacity)
+            if n_pairs <= capacity:
+                break
+            capacity = int(n_pairs * 1.2) + 16
+        self._nbr_guess = int(n_pairs * 1.2) + 16
+        if bad_a >= 0:
+            raise self._overlap_error(int(atoms[bad_a]), int(atoms[bad_b]), pos)
+        return NeighbourList(atoms, nbr_start, nbr, pos.copy())
+
+    def _forces_from_list(self, pos: np.ndarray, nlist: NeighbourList):
+        """(F in atom order, U, W) for positions ``pos`` using ``nlist``."""
+        n = pos.shape[0]
+        spos = np.empty((n, 3))
+        K.gather_slots(pos, nlist.atoms, spos)
+        f_slots = np.empty((n, 3))
+        energy, virial = K.half_list_forces(spos, nlist.nbr_start, nlist.nbr, self._box, self._rc2,
+                                            self.params.epsilon, self._sigma2, self.params.energy_shift, f_slots)
+        forces = np.empty((n, 3))
+        K.scatter_slots(f_slots, nlist.atoms, forces)
+        return forces, energy, virial
+
+    def evaluate(self, positions, check_overlap: bool = True):
+        """``(F (n, 3), U, W)``: forces, potential energy and virial W = sum_{i<j} d_ij . F_ij,
+        via a cell list and a half neighbour list (no skin: a one-off evaluation)."""
+        pos = self._positions(positions)
+        nlist = self.build_list(pos, skin=0.0, check_overlap=check_overlap)
+        return self._forces_from_list(pos, nlist)
+
+    # ------------------------------------------------------------------ physics
+    def forces(self, positions):
+        """Full forces and potential energy ``(F (n, 3), U)``."""
+        forces, energy, _ = self.evaluate(positions)
+        return forces, energy
+
+    def potential_energy(self, positions) -> float:
+        """U = sum_{i<j, r_ij < r_c} u(r_ij)."""
+        return self.evaluate(positions)[1]
+
+    def kinetic_energy(self, velocities) -> float:
+        """K = 1/2 m sum_i |v_i|^2."""
+        v = np.asarray(velocities, dtype=np.float64)
+        return 0.5 * self.params.mass * float(np.sum(v * v))
+
+    def temperature(self, velocities) -> float:
+        """T = m sum_i |v_i|^2 / (3 (n - 1))."""
+        v = np.asarray(velocities, dtype=np.float64).reshape(-1, 3)
+        return 2.0 * self.kinetic_energy(v) / (3.0 * (v.shape[0] - 1))
+
+    def pressure(self, positions, velocities) -> float:
+        """P = (n T + W / 3) / V with the virial W = sum_{i<j} d_ij . F_ij."""
+        v = np.asarray(velocities, dtype=np.float64).reshape(-1, 3)
+        _, _, virial = self.evaluate(positions)
+        return (v.shape[0] * self.temperature(v) + virial / 3.0) / self.params.volume
+
+    def total_energy(self, x) -> float:
+        """E = K + U of a state vector."""
+        pos, vel = self.split(x)
+        return self.kinetic_energy(vel) + self.potential_energy(pos)
+
+    # ------------------------------------------------------------------ partial forces
+    def bin(self, positions) -> CellList:
+        """O(N) binning (cells of side >= r_c), reusable by ``partial_forces(..., cells=)``."""
+        pos = self._positions(positions)
+        cell_start, atoms, slot_of, spos = K.bin_periodic(pos, self._box, self._partial_cells)
+        return CellList(cell_start, atoms, slot_of, spos, self._partial_cells, pos.copy())
+
+    def partial_forces(self, positions, idx, cells: CellList | None = None) -> np.ndarray:
+        """Forces on atoms ``idx`` only, shape ``(k, 3)``, equal to ``forces(positions)[0][idx]``.
+
+        With ``cells = lj.bin(positions)`` the call costs O(k): a full neighbour search over the
+        27 cells around each chosen atom and nothing proportional to N. Without ``cells`` it bins
+        first (O(N)). Only the chosen atoms' positions are checked against ``cells`` (O(k)).
+        """
+        if cells is None:
+            cells = self.bin(positions)
+            pos = cells.positions
+        else:
+            pos = positions if isinstance(positions, np.ndarray) else np.asarray(positions, dtype=np.float64)
+            if pos.shape != cells.positions.shape:
+                raise InputError(f"positions: shape {pos.shape} does not match the binned configuration "
+                                 f"{cells.positions.shape}; call lj.bin(positions) again")
+        idx = check_indices(idx, pos.shape[0])
+        if cells is not None and not np.array_equal(pos[idx], cells.positions[idx]):
+            raise InputError("cells: binned from a different configuration; call lj.bin(positions) again")
+        f, bad_i, bad_slot = K.partial_forces_periodic(idx, cells.cell_start, cells.slot_of, cells.spos, self._box,
+                                                       cells.n_cell, self._rc2, self.params.epsilon, self._sigma2,
+                                                       self._min_r2)
+        if bad_i >= 0:
+            raise self._overlap_error(int(bad_i), int(cells.atoms[bad_slot]), cells.positions)
+        return f
+
+    # ------------------------------------------------------------------ System protocol
+    def rhs(self, x) -> np.ndarray:
+        """f(x) = (v, F/m), flat, length 6n."""
+        pos, vel = self.split(x)
+        forces, _ = self.forces(pos)
+        return np.concatenate([vel.ravel(), forces.ravel() / self.params.mass])
+
+    def partial_rhs(self, x, idx, cells: CellList | None = None) -> np.ndarray:
+        """f at atoms ``idx``: shape (k, 6) = [v_idx, F_idx / m] (``layout.coordinates`` order).
+
+        Pass ``cells = lj.bin(positions)`` to make the call O(k); the state is then not scanned
+        for NaN (the binning did that)."""
+        n = self.n_atoms
+        x = np.asarray(x)
+        if cells is None:
+            x = check_state(x, 6 * n)
+        elif x.shape != (6 * n,):
+            raise InputError(f"x: expected a flat state vector of length {6 * n}, got shape {x.shape}")
+        pos = x[:3 * n].reshape(n, 3)
+        idx = check_indices(idx, n)
+        forces = self.partial_forces(pos, idx, cells=cells)
+        out = np.empty((idx.size, 6))
+        out[:, :3] = x[3 * n:].reshape(n, 3)[idx]
+        out[:, 3:] = forces / self.params.mass
+        return out
+
+    def observable(self, x) -> np.ndarray:
+        """phi*(x) = [T]."""
+        _, vel = self.split(x)
+        return np.array([self.temperature(vel)])
+
+    def stepper(self, dt: float, rebuild_every: int | None = None) -> "VelocityVerlet":
+        """A velocity-Verlet NVE stepper ``x -> x_new`` (see :class:`VelocityVerlet`)."""
+        return VelocityVerlet(self, dt, rebuild_every=rebuild_every)
+
+
+# ----------------------------------------------------------------------------- integrator
+class VelocityVerlet:
+    """Velocity-Verlet NVE integration with a persistent half Verlet list:
+
+        v(t + dt/2) = v(t) + dt/2 F(r(t)) / m
+        r(t + dt)   = r(t) + dt v(t + dt/2)                      (never wrapped)
+        v(t + dt)   = v(t + dt/2) + dt/2 F(r(t + dt)) / m
+
+    The list is rebuilt when some atom moved more than skin/2 since the last build
+    (``rebuild_every=None``, safe), or unconditionally every ``rebuild_every`` steps without a
+    check (LAMMPS ``neigh_modify every k check no``; for benchmarks). The forces of the last
+    output are reused when the next input has the same positions (compared by value); any other
+    input is treated as a fresh start (list rebuilt, forces recomputed), as is the first call and
+    the first call after :meth:`reset`. Hence stepping is a deterministic function of the input
+    state and of the rebuild schedule. ``n_builds`` counts list builds; ``potential_energy`` and
+    ``virial`` are those of the last output.
+    """
+
+    def __init__(self, system: LennardJones, dt: float, rebuild_every: int | None = None):
+        if not (np.isfinite(dt) and dt > 0):
+            raise InputError(f"dt: must be a finite number > 0, got {dt!r}")
+        if rebuild_every is not None and not (isinstance(rebuild_every, (int, np.integer)) and rebuild_every >= 1):
+            raise InputError(f"rebuild_every: must be None or an integer >= 1, got {rebuild_every!r}")
+        self.system = system
+        self.dt = float(dt)
+        self.rebuild_every = rebuild_every
+        self.n = system.n_atoms
+        self.n_builds = 0
+        self.potential_energy = np.nan
+        self.virial = np.nan
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the neighbour list and forces: the next call starts fresh (deterministic)."""
+        self._nlist = None
+        self._forces = None
+        self._last_pos = None
+        self._since_build = 0
+
+    def _rebuild(self, pos: np.ndarray) -> None:
+        self._nlist = self.system.build_list(pos)
+        self._since_build = 0
+        self.n_builds += 1
+        n = self.n
+        self._spos = np.empty((n, 3))
+        self._f_slots = np.empty((n, 3))
+
+    def _needs_rebuild(self, exceeded: bool) -> bool:
+        if self.rebuild_every is None:
+            return exceeded
+        return self._since_build >= self.rebuild_every
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        n = self.n
+        sysm = self.system
+        p = sysm.params
+        x = check_state(x, 6 * n)
+        pos = x[:3 * n].reshape(n, 3)
+        if self._forces is None or not np.array_equal(pos, self._last_pos):
+            self._rebuild(pos)
+            self._forces, self.potential_energy, self.virial = sysm._forces_from_list(pos, self._nlist)
+        x_new = np.empty_like(x)
+        half_skin2 = (0.5 * p.skin) ** 2
+        exceeded = K.kick_drift(x, self._forces, self.dt, 1.0 / p.mass, x_new, self._nlist.ref_pos, half_skin2)
+        self._since_build += 1
+        new_pos = x_new[:3 * n].reshape(n, 3)
+        if self._needs_rebuild(exceeded):
+            self._rebuild(new_pos)
+        nl = self._nlist
+        self.potential_energy, self.virial = K.forces_and_kick(
+            x_new, nl.atoms, self._spos, self._f_slots, nl.nbr_start, nl.nbr, sysm._box, sysm._rc2, p.epsilon,
+            sysm._sigma2, p.energy_shift, self._forces, self.dt, 1.0 / p.mass)
+        self._last_pos = new_pos.copy()
+        return x_new
+
+
+# ----------------------------------------------------------------------------- initial conditions
+FCC_BASIS = np.array([[0.0, 0.0, 0.0], [0.5, 0.5, 0.0], [0.5, 0.0, 0.5], [0.0, 0.5, 0.5]])
+
+
+def fcc_lattice(n_cells, density: float):
+    """fcc lattice of ``n_cells`` unit cells per axis (int or 3 ints), 4 atoms per cell, with
+    lattice constant a = (4 / density)^(1/3). Returns ``(positions (4 nx ny nz, 3), box)``."""
+    nc = np.broadcast_to(np.asarray(n_cells, dtype=np.int64), (3,))
+    if np.any(nc < 1):
+        raise InputError(f"n_cells: must be >= 1 along every axis, got {n_cells!r}")
+    if not (np.isfinite(density) and density > 0):
+        raise InputError(f"density: must be a finite number > 0, got {density!r}")
+    a = (4.0 / density) ** (1.0 / 3.0)
+    grid = np.stack(np.meshgrid(np.arange(nc[0]), np.arange(nc[1]), np.arange(nc[2]), indexing="ij"), -1)
+    corners = grid.reshape(-1, 1, 3).astype(np.float64)
+    positions = ((corners + FCC_BASIS[None, :, :]) * a).reshape(-1, 3)
+    return positions, tuple(float(v) for v in nc * a)
+
+
+def random_positions(n: int, box, rng: np.random.Generator, min_dist: float | None = None) -> np.ndarray:
+    """``n`` uniform random positions in ``[0, box)`` (like LAMMPS ``create_atoms random``).
+
+    With ``min_dist`` atoms are placed one by one and a candidate closer than ``min_dist`` to a
+    placed atom (minimum image) is redrawn (random sequential addition; keep the packing
+    fraction pi/6 rho min_dist^3 well below 0.38)."""
+    box = np.asarray(box, dtype=np.float64)
+    if min_dist is None:
+        return rng.random((n, 3)) * box
+    n_cell = np.maximum(1, np.floor(box / min_dist)).astype(int)
+    cell_len = box / n_cell
+    grid: dict[tuple[int, int, int], list[int]] = {}
+    out = np.empty((n, 3))
+    for i in range(n):
+        for _ in range(10000):
+            cand = rng.random(3) * box
+            c = np.floor(cand / cell_len).astype(int) % n_cell
+            ok = True
+            for off in np.ndindex(3, 3, 3):
+                key = tuple(int(v) for v in (c + np.array(off) - 1) % n_cell)
+                for j in grid.get(key, ()):
+                    d = cand - out[j]
+                    d -= box * np.round(d / box)
+                    if d @ d < min_dist * min_dist:
+                        ok = False
+                        break
+                if not ok:
+                    break
+            if ok:
+                break
+        else:
+            raise InputError(f"min_dist: could not place atom {i} after 10000 tries; lower min_dist or density")
+        out[i] = cand
+        grid.setdefault(tuple(int(v) for v in c), []).append(i)
+    return out
+
+
+def relax(positions, lj: LennardJones, etol: float = 1e-4, ftol: float = 1e-4, max_iter: int = 1000,
+          max_step: float = 0.1) -> np.ndarray:
+    """Steepest-descent energy minimisation (removes overlaps, like LAMMPS ``minimize``).
+
+    r <- r + alpha F with the largest single-atom displacement capped at ``max_step``; a step is
+    accepted only if U decreases (then alpha grows by 1.2), otherwise alpha halves. Stops when the
+    relative energy change of an accepted step is below ``etol``, max |F_i| < ftol, or after
+    ``max_iter`` force evaluations. Overlap checks are off (it is what removes them). Returns new
+    (unwrapped) positions.
+    """
+    pos = lj._positions(positions).copy()
+    forces, energy, _ = lj.evaluate(pos, check_overlap=False)
+    alpha = 1e-3
+    for _ in range(max_iter):
+        fmax = float(np.sqrt(np.max(np.sum(forces * forces, axis=1))))
+        if fmax < ftol:
+            break
+        step = alpha * forces
+        biggest = alpha * fmax
+        if biggest > max_step:
+            step *= max_step / biggest
+        trial = pos + step
+        f_trial, e_trial, _ = lj.evaluate(trial, check_overlap=False)
+        if e_trial < energy:
+            converged = abs(energy - e_trial) <= etol * max(abs(e_trial), 1e-300)
+            pos, forces, energy = trial, f_trial, e_trial
+            alpha *= 1.2
+            if converged:
+                break
+        else:
+            alpha *= 0.5
+            if alpha < 1e-14:
+                break
+    return pos
+
+
+def maxwell_boltzmann(n: int, T0: float, mass: float, rng: np.random.Generator) -> np.ndarray:
+    """Gaussian velocities (n, 3) with zero net momentum, rescaled so that
+    T = m sum |v_i|^2 / (3 (n - 1)) equals ``T0`` exactly (up to rounding)."""
+    if n < 2:
+        raise InputError(f"n: need at least 2 atoms for a temperature, got {n}")
+    if not (np.isfinite(T0) and T0 > 0):
+        raise InputError(f"T0: must be a finite number > 0, got {T0!r}")
+    v = rng.normal(0.0, np.sqrt(T0 / mass), size=(n, 3))
+    v -= v.mean(axis=0)
+    temperature = mass * np.sum(v * v) / (3.0 * (n - 1))
+    return v * np.sqrt(T0 / temperature)
+
+
+def lj_state(lj: LennardJones, positions, velocities) -> np.ndarray:
+    """Convenience: the flat state vector for ``lj``."""
+    return check_state(LennardJones.join(positions, velocities), lj.layout.size)
