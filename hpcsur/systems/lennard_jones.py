@@ -95,7 +95,7 @@ class LennardJonesParams:
     @property
     def energy_shift(self) -> float:
         """u(r_c) when ``shift`` else 0."""
-        return K._energy_shift(self.rcut, self.epsilon, self.sigma, self.shift)
+        return K.energy_shift(self.rcut, self.epsilon, self.sigma, self.shift)
 
 
 class CellList(NamedTuple):
@@ -112,12 +112,15 @@ class CellList(NamedTuple):
 
 class NeighbourList(NamedTuple):
     """A half Verlet list in cell-sorted slot order: slot ``s`` holds atom ``atoms[s]``; its
-    partners are the slots ``nbr[nbr_start[s]:nbr_start[s+1]]`` (all > s); ``ref_pos`` are the
-    positions at build time (for the displacement criterion)."""
+    partners are the slots ``nbr[nbr_start[s]:nbr_start[s+1]]`` (all > s) seen through the
+    periodic images ``shifts[image[...]]``; ``offset[s]`` moves atom ``atoms[s]`` into the
+    build-time wrapped frame; ``ref_pos`` are the positions at build time (displacement check)."""
 
     atoms: np.ndarray
     nbr_start: np.ndarray
     nbr: np.ndarray
+    image: np.ndarray
+    offset: np.ndarray
     ref_pos: np.ndarray
 
 
@@ -142,6 +145,7 @@ class LennardJones:
         # cells of side >= r_c for partial forces, >= r_c + skin for Verlet lists
         self._partial_cells = np.floor(self._box / p.rcut).astype(np.int64)
         self._nbr_guess = 0
+        self._shifts = K.image_shifts(self._box)
 
     @classmethod
     def from_params(cls, params: LennardJonesParams) -> "LennardJones":
@@ -188,38 +192,47 @@ class LennardJones:
         return InputError(f"positions: atoms {min(i, j)} and {max(i, j)} overlap (distance "
                           f"{np.linalg.norm(d):.4g} < {OVERLAP_FRACTION} sigma)")
 
+    def _raise_overlap_near(self, i: int, positions: np.ndarray):
+        """Raise the overlap error for atom ``i`` and its nearest neighbour (O(N), error path)."""
+        d = positions - positions[i]
+        d -= self._box * np.round(d / self._box)
+        r2 = np.sum(d * d, axis=1)
+        r2[i] = np.inf
+        raise self._overlap_error(i, int(np.argmin(r2)), positions)
+
     # ------------------------------------------------------------------ neighbour lists
     def build_list(self, positions: np.ndarray, skin: float | None = None, check_overlap: bool = True) -> NeighbourList:
-        """Bin (cells >= r_c + skin), sort atoms by cell and build the half Verlet list.
+        """Bin (grid of :func:`lj_kernels.list_grid`), sort atoms by cell, build the half Verlet list.
 
         Raises InputError naming the pair when two atoms are closer than 0.5 sigma.
         """
         skin = self.params.skin if skin is None else skin
         pos = positions
         list_cut = self.params.rcut + skin
-        n_cell = np.maximum(1, np.floor(self._box / list_cut)).astype(np.int64)
+        n_cell, stencil, min_image = K.list_grid(self._box, list_cut)
         cell_start, atoms, _, spos = K.bin_periodic(pos, self._box, n_cell)
         n = pos.shape[0]
         capacity = max(self._nbr_guess, 16 * n)
         min_r2 = self._min_r2 if check_overlap else -1.0
         while True:
-            nbr_start, nbr, n_pairs, bad_a, bad_b = K.build_half_list(spos, cell_start, self._box, n_cell,
-                                                                      list_cut ** 2, min_r2, capacity)
+            nbr_start, nbr, image, n_pairs, bad_a, bad_b = K.build_half_list(
+                spos, cell_start, self._box, n_cell, stencil, min_image, list_cut ** 2, min_r2, capacity)
             if n_pairs <= capacity:
                 break
             capacity = int(n_pairs * 1.2) + 16
         self._nbr_guess = int(n_pairs * 1.2) + 16
         if bad_a >= 0:
             raise self._overlap_error(int(atoms[bad_a]), int(atoms[bad_b]), pos)
-        return NeighbourList(atoms, nbr_start, nbr, pos.copy())
+        offset = K.frame_offsets(pos, atoms, spos)
+        return NeighbourList(atoms, nbr_start, nbr, image, offset, pos.copy())
 
     def _forces_from_list(self, pos: np.ndarray, nlist: NeighbourList):
         """(F in atom order, U, W) for positions ``pos`` using ``nlist``."""
         n = pos.shape[0]
         spos = np.empty((n, 3))
-        K.gather_slots(pos, nlist.atoms, spos)
+        K.gather_slots(pos, nlist.atoms, nlist.offset, spos)
         f_slots = np.empty((n, 3))
-        energy, virial = K.half_list_forces(spos, nlist.nbr_start, nlist.nbr, self._box, self._rc2,
+        energy, virial = K.half_list_forces(spos, nlist.nbr_start, nlist.nbr, nlist.image, self._shifts, self._rc2,
                                             self.params.epsilon, self._sigma2, self.params.energy_shift, f_slots)
         forces = np.empty((n, 3))
         K.scatter_slots(f_slots, nlist.atoms, forces)
@@ -253,7 +266,10 @@ class LennardJones:
         return 2.0 * self.kinetic_energy(v) / (3.0 * (v.shape[0] - 1))
 
     def pressure(self, positions, velocities) -> float:
-        """P = (n T + W / 3) / V with the virial W = sum_{i<j} d_ij . F_ij."""
+        """P = (n T + W / 3) / V with the virial W = sum_{i<j} d_ij . F_ij.
+
+        (LAMMPS' ``thermo press`` uses 3(n-1) T / 3 = 2K/3 for the kinetic part instead of n T;
+        the two differ by T / V, e.g. 2e-5 for in.lj.)"""
         v = np.asarray(velocities, dtype=np.float64).reshape(-1, 3)
         _, _, virial = self.evaluate(positions)
         return (v.shape[0] * self.temperature(v) + virial / 3.0) / self.params.volume
@@ -288,11 +304,10 @@ class LennardJones:
         idx = check_indices(idx, pos.shape[0])
         if cells is not None and not np.array_equal(pos[idx], cells.positions[idx]):
             raise InputError("cells: binned from a different configuration; call lj.bin(positions) again")
-        f, bad_i, bad_slot = K.partial_forces_periodic(idx, cells.cell_start, cells.slot_of, cells.spos, self._box,
-                                                       cells.n_cell, self._rc2, self.params.epsilon, self._sigma2,
-                                                       self._min_r2)
-        if bad_i >= 0:
-            raise self._overlap_error(int(bad_i), int(cells.atoms[bad_slot]), cells.positions)
+        f, close = K.partial_forces_periodic(idx, cells.cell_start, cells.slot_of, cells.spos, self._box,
+                                             cells.n_cell, self._rc2, self.params.epsilon, self._sigma2)
+        if idx.size and close.min() < self._min_r2:
+            self._raise_overlap_near(int(idx[np.argmin(close)]), cells.positions)
         return f
 
     # ------------------------------------------------------------------ System protocol
@@ -401,7 +416,8 @@ class VelocityVerlet:
             self._rebuild(new_pos)
         nl = self._nlist
         self.potential_energy, self.virial = K.forces_and_kick(
-            x_new, nl.atoms, self._spos, self._f_slots, nl.nbr_start, nl.nbr, sysm._box, sysm._rc2, p.epsilon,
+            x_new, nl.atoms, nl.offset, self._spos, self._f_slots, nl.nbr_start, nl.nbr, nl.image, sysm._shifts,
+            sysm._rc2, p.epsilon,
             sysm._sigma2, p.energy_shift, self._forces, self.dt, 1.0 / p.mass)
         self._last_pos = new_pos.copy()
         return x_new
@@ -435,31 +451,18 @@ def random_positions(n: int, box, rng: np.random.Generator, min_dist: float | No
     box = np.asarray(box, dtype=np.float64)
     if min_dist is None:
         return rng.random((n, 3)) * box
-    n_cell = np.maximum(1, np.floor(box / min_dist)).astype(int)
-    cell_len = box / n_cell
-    grid: dict[tuple[int, int, int], list[int]] = {}
+    n_cell = np.maximum(1, np.floor(box / min_dist)).astype(np.int64)
+    head = np.full(int(np.prod(n_cell)), -1, dtype=np.int64)
+    next_atom = np.empty(n, dtype=np.int64)
     out = np.empty((n, 3))
-    for i in range(n):
-        for _ in range(10000):
-            cand = rng.random(3) * box
-            c = np.floor(cand / cell_len).astype(int) % n_cell
-            ok = True
-            for off in np.ndindex(3, 3, 3):
-                key = tuple(int(v) for v in (c + np.array(off) - 1) % n_cell)
-                for j in grid.get(key, ()):
-                    d = cand - out[j]
-                    d -= box * np.round(d / box)
-                    if d @ d < min_dist * min_dist:
-                        ok = False
-                        break
-                if not ok:
-                    break
-            if ok:
-                break
-        else:
-            raise InputError(f"min_dist: could not place atom {i} after 10000 tries; lower min_dist or density")
-        out[i] = cand
-        grid.setdefault(tuple(int(v) for v in c), []).append(i)
+    placed, drawn = 0, 0
+    while placed < n:
+        if drawn > 1000 * n + 100000:
+            raise InputError(f"min_dist: could place only {placed} of {n} atoms at min_dist={min_dist:g}; "
+                             f"lower min_dist or the density")
+        batch = rng.random((max(1024, n - placed), 3)) * box
+        placed, used = K.insert_candidates(out, placed, batch, box, float(min_dist) ** 2, n_cell, head, next_atom)
+        drawn += used
     return out
 
 

@@ -19,7 +19,9 @@ Two geometries:
 Cell lists are built by a counting sort: ``cell_start[c] : cell_start[c + 1]`` are the *slots* of
 cell ``c``; ``atoms[slot]`` is the atom in a slot, ``slot_of[atom]`` its inverse, and
 ``spos[slot]`` the (wrapped) position stored in slot order so that a cell's atoms are contiguous
-in memory. Everything is float64; all kernels are serial except :func:`open_forces_kernel`
+in memory. The Verlet list is a half list (pairs b > a only, Newton's third law) stored as CSR
+arrays plus a per-pair periodic image code, so the hot force loop does no rounding. Everything is
+float64 (``fastmath=False``); all kernels are serial except :func:`open_forces_kernel`
 (``parallel=True``, one writer per owned atom, so race-free; it honours ``NUMBA_NUM_THREADS``).
 """
 from __future__ import annotations
@@ -31,15 +33,6 @@ _JIT = dict(cache=True, fastmath=False, nogil=True)
 
 
 # ----------------------------------------------------------------------------- pair physics
-@njit(**_JIT)
-def pair_terms(r2, epsilon, sigma2):
-    """Return ``(u + u_shift, f_over_r)`` for squared distance ``r2``: the unshifted pair energy
-    4 eps (s^12 - s^6) and the force factor 24 eps (2 s^12 - s^6) / r^2 (s = sigma / r)."""
-    s2 = sigma2 / r2
-    s6 = s2 * s2 * s2
-    return 4.0 * epsilon * s6 * (s6 - 1.0), 24.0 * epsilon * s6 * (2.0 * s6 - 1.0) / r2
-
-
 @njit(**_JIT)
 def wrap(x, length):
     """Map ``x`` into ``[0, length)`` (guarding the rounding case ``x = -tiny -> length``)."""
@@ -160,25 +153,61 @@ def bin_open(pos, origin, cell_len, n_cell):
 
 
 # ----------------------------------------------------------------------------- Verlet list
+# A list entry stores the partner slot b and an image code 0..26 = (kx+1)*9 + (ky+1)*3 + (kz+1):
+# the partner's image used for the pair is spos[b] + (kx Lx, ky Ly, kz Lz). The code is fixed
+# while the list lives (atoms move < skin/2 each, box >= 2 (r_c + skin)), so the force loop
+# needs no rounding. ``image_shifts(box)`` is the (27, 3) table of those shift vectors.
+def image_shifts(box):
+    """(27, 3) shift vectors (kx Lx, ky Ly, kz Lz) indexed by image code."""
+    k = np.array([(kx, ky, kz) for kx in (-1, 0, 1) for ky in (-1, 0, 1) for kz in (-1, 0, 1)], dtype=np.float64)
+    return k * np.asarray(box, dtype=np.float64)
+
+
 @njit(**_JIT)
-def build_half_list(spos, cell_start, box, n_cell, list_cut2, min_r2, capacity):
+def _image_index(c, n_cell):
+    """Wrap neighbour-cell coordinate ``c`` in ``-1..n_cell``: ``(wrapped, k)`` with k the image."""
+    if c < 0:
+        return c + n_cell, -1
+    if c >= n_cell:
+        return c - n_cell, 1
+    return c, 0
+
+
+def list_grid(box, list_cut):
+    """Cell grid and stencil for building a Verlet list with cutoff ``list_cut``: cells of side
+    >= list_cut and the 27 neighbour cells (deduplicated when an axis has fewer than 3 cells).
+
+    (Half-size cells with a 125-cell stencil, as LAMMPS bins, check fewer pairs but measured
+    ~20 % slower here: the per-cell overhead outweighs the saved distance checks.)
+    Returns ``(n_cell (3,), stencil (m, 3) int64 cell offsets, min_image)``; ``min_image`` is
+    True when a neighbour cell no longer determines the periodic image (deduplicated stencil).
+    """
+    box = np.asarray(box, dtype=np.float64)
+    n_cell = np.maximum(1, np.floor(box / list_cut)).astype(np.int64)
+    ranges = [range(-1, 2) if n >= 3 else range(0, int(n)) for n in n_cell]
+    stencil = np.array([(ox, oy, oz) for ox in ranges[0] for oy in ranges[1] for oz in ranges[2]], dtype=np.int64)
+    return n_cell, stencil, bool(np.any(n_cell < 3))
+
+
+@njit(**_JIT)
+def build_half_list(spos, cell_start, box, n_cell, stencil, min_image, list_cut2, min_r2, capacity):
     """Half Verlet list over slots: for each slot ``a`` the slots ``b > a`` within ``list_cut``.
 
-    ``spos`` are wrapped positions in slot order (from :func:`bin_periodic` with cells of side
-    >= list_cut). Returns ``(nbr_start, nbr, n_pairs, bad_a, bad_b)``; ``n_pairs > capacity``
-    means the list did not fit (call again with ``capacity = n_pairs``). ``bad_a, bad_b`` is the
-    first slot pair closer than ``sqrt(min_r2)`` (an overlap), or ``-1, -1``.
-    Only ``b > a`` is stored, so every pair appears once (Newton's third law in the force loop).
+    ``spos`` are wrapped positions in slot order from :func:`bin_periodic` on the grid of
+    :func:`list_grid` (``n_cell``, ``stencil``, ``min_image``). Returns ``(nbr_start, nbr, image,
+    n_pairs, bad_a, bad_b)``: partners ``nbr[nbr_start[a]:nbr_start[a+1]]`` with image codes
+    ``image[...]`` (see above); ``n_pairs > capacity`` means the list did not fit (call again with
+    ``capacity = n_pairs``). ``bad_a, bad_b`` is the first slot pair closer than ``sqrt(min_r2)``
+    (an overlap), or -1, -1. Only ``b > a`` is stored, so every pair appears once (Newton's third
+    law in the force loop).
     """
     n = spos.shape[0]
     nx, ny, nz = n_cell[0], n_cell[1], n_cell[2]
     lx, ly, lz = box[0], box[1], box[2]
     ilx, ily, ilz = 1.0 / lx, 1.0 / ly, 1.0 / lz
-    ox0, ox1 = offset_range(nx)
-    oy0, oy1 = offset_range(ny)
-    oz0, oz1 = offset_range(nz)
     nbr_start = np.empty(n + 1, np.int64)
     nbr = np.empty(capacity, np.int32)
+    image = np.empty(capacity, np.uint8)
     k = 0
     bad_a = -1
     bad_b = -1
@@ -188,45 +217,52 @@ def build_half_list(spos, cell_start, box, n_cell, list_cut2, min_r2, capacity):
         cx = periodic_cell(xa, lx, nx)
         cy = periodic_cell(ya, ly, ny)
         cz = periodic_cell(za, lz, nz)
-        for ox in range(ox0, ox1 + 1):
-            jx = (cx + ox) % nx
-            for oy in range(oy0, oy1 + 1):
-                jy = (cy + oy) % ny
-                for oz in range(oz0, oz1 + 1):
-                    c = (jx * ny + jy) * nz + (cz + oz) % nz
-                    b0 = cell_start[c]
-                    if b0 <= a:
-                        b0 = a + 1
-                    for b in range(b0, cell_start[c + 1]):
-                        dx = xa - spos[b, 0]
-                        dy = ya - spos[b, 1]
-                        dz = za - spos[b, 2]
-                        dx -= lx * np.rint(dx * ilx)
-                        dy -= ly * np.rint(dy * ily)
-                        dz -= lz * np.rint(dz * ilz)
-                        r2 = dx * dx + dy * dy + dz * dz
-                        if r2 < list_cut2:
-                            if r2 < min_r2 and bad_a < 0:
-                                bad_a = a
-                                bad_b = b
-                            if k < capacity:
-                                nbr[k] = b
-                            k += 1
+        for m in range(stencil.shape[0]):
+            jx, kx = _image_index(cx + stencil[m, 0], nx)
+            jy, ky = _image_index(cy + stencil[m, 1], ny)
+            jz, kz = _image_index(cz + stencil[m, 2], nz)
+            c = (jx * ny + jy) * nz + jz
+            b0 = cell_start[c]
+            if b0 <= a:
+                b0 = a + 1
+            for b in range(b0, cell_start[c + 1]):
+                dx = xa - spos[b, 0]
+                dy = ya - spos[b, 1]
+                dz = za - spos[b, 2]
+                if min_image:
+                    ix = np.rint(dx * ilx)
+                    iy = np.rint(dy * ily)
+                    iz = np.rint(dz * ilz)
+                else:
+                    ix = float(kx)
+                    iy = float(ky)
+                    iz = float(kz)
+                dx -= ix * lx
+                dy -= iy * ly
+                dz -= iz * lz
+                r2 = dx * dx + dy * dy + dz * dz
+                if r2 < list_cut2:
+                    if r2 < min_r2 and bad_a < 0:
+                        bad_a = a
+                        bad_b = b
+                    if k < capacity:
+                        nbr[k] = b
+                        image[k] = (int(ix) + 1) * 9 + (int(iy) + 1) * 3 + (int(iz) + 1)
+                    k += 1
     nbr_start[n] = k
-    return nbr_start, nbr, k, bad_a, bad_b
+    return nbr_start, nbr, image, k, bad_a, bad_b
 
 
 @njit(**_JIT)
-def half_list_forces(spos, nbr_start, nbr, box, rc2, epsilon, sigma2, u_shift, f):
+def half_list_forces(spos, nbr_start, nbr, image, shifts, rc2, epsilon, sigma2, u_shift, f):
     """Forces from a half list (Newton's third law), written into ``f`` (slot order, zeroed here).
 
-    ``spos`` are positions in slot order, wrapped or not (minimum image is applied per pair).
-    Returns ``(U, W)``: potential energy sum_{i<j} u(r_ij) and virial sum_{i<j} r_ij . F_ij.
+    ``spos`` are positions in slot order in the frame the list was built in (build-time wrapped
+    positions plus the displacement since); the pair vector is ``spos[a] - spos[b] - shifts[image]``.
+    Returns ``(U, W)``: potential energy sum_{i<j} u(r_ij) and virial sum_{i<j} d_ij . F_ij.
     Serial on purpose: the scattered ``f[b] -= ...`` writes would race under ``prange``.
     """
     n = spos.shape[0]
-    lx, ly, lz = box[0], box[1], box[2]
-    ilx, ily, ilz = 1.0 / lx, 1.0 / ly, 1.0 / lz
     four_eps = 4.0 * epsilon
     twentyfour_eps = 24.0 * epsilon
     f[:, :] = 0.0
@@ -240,12 +276,10 @@ def half_list_forces(spos, nbr_start, nbr, box, rc2, epsilon, sigma2, u_shift, f
         fza = 0.0
         for k in range(nbr_start[a], nbr_start[a + 1]):
             b = nbr[k]
-            dx = xa - spos[b, 0]
-            dy = ya - spos[b, 1]
-            dz = za - spos[b, 2]
-            dx -= lx * np.rint(dx * ilx)
-            dy -= ly * np.rint(dy * ily)
-            dz -= lz * np.rint(dz * ilz)
+            c = image[k]
+            dx = xa - spos[b, 0] - shifts[c, 0]
+            dy = ya - spos[b, 1] - shifts[c, 1]
+            dz = za - spos[b, 2] - shifts[c, 2]
             r2 = dx * dx + dy * dy + dz * dz
             if r2 < rc2:
                 ir2 = 1.0 / r2
@@ -273,13 +307,26 @@ def half_list_forces(spos, nbr_start, nbr, box, rc2, epsilon, sigma2, u_shift, f
 
 # ----------------------------------------------------------------------------- integration
 @njit(**_JIT)
-def gather_slots(pos, atoms, spos):
-    """``spos[s] = pos[atoms[s]]``: positions in slot (cell-sorted) order for cache locality."""
+def gather_slots(pos, atoms, offset, spos):
+    """``spos[s] = pos[atoms[s]] - offset[s]``: positions in slot (cell-sorted) order, moved by
+    whole box vectors (``offset``, fixed at list build) into the frame the list was built in."""
     for s in range(atoms.shape[0]):
         a = atoms[s]
-        spos[s, 0] = pos[a, 0]
-        spos[s, 1] = pos[a, 1]
-        spos[s, 2] = pos[a, 2]
+        spos[s, 0] = pos[a, 0] - offset[s, 0]
+        spos[s, 1] = pos[a, 1] - offset[s, 1]
+        spos[s, 2] = pos[a, 2] - offset[s, 2]
+
+
+@njit(**_JIT)
+def frame_offsets(pos, atoms, spos):
+    """``offset[s] = pos[atoms[s]] - spos[s]`` (whole box vectors between raw and wrapped)."""
+    n = atoms.shape[0]
+    offset = np.empty((n, 3))
+    for s in range(n):
+        a = atoms[s]
+        for c in range(3):
+            offset[s, c] = pos[a, c] - spos[s, c]
+    return offset
 
 
 @njit(**_JIT)
@@ -311,7 +358,7 @@ def kick_drift(x, forces, dt, inv_mass, x_out, ref_pos, half_skin2):
 
 
 @njit(**_JIT)
-def forces_and_kick(x_out, atoms, spos, f_slots, nbr_start, nbr, box, rc2, epsilon, sigma2,
+def forces_and_kick(x_out, atoms, offset, spos, f_slots, nbr_start, nbr, image, shifts, rc2, epsilon, sigma2,
                     u_shift, forces, dt, inv_mass):
     """Second half of velocity Verlet, fused: gather positions of ``x_out`` into slot order,
     compute forces from the half list, scatter them to atom order into ``forces`` and kick
@@ -319,8 +366,8 @@ def forces_and_kick(x_out, atoms, spos, f_slots, nbr_start, nbr, box, rc2, epsil
     n = atoms.shape[0]
     n3 = 3 * n
     pos = x_out[:n3].reshape((n, 3))
-    gather_slots(pos, atoms, spos)
-    energy, virial = half_list_forces(spos, nbr_start, nbr, box, rc2, epsilon, sigma2, u_shift, f_slots)
+    gather_slots(pos, atoms, offset, spos)
+    energy, virial = half_list_forces(spos, nbr_start, nbr, image, shifts, rc2, epsilon, sigma2, u_shift, f_slots)
     half = 0.5 * dt * inv_mass
     for s in range(n):
         a = atoms[s]
@@ -341,41 +388,75 @@ def scatter_slots(f_slots, atoms, out):
         out[a, 2] = f_slots[s, 2]
 
 
-@njit(**_JIT)
-def max_displacement2(pos, ref_pos):
-    """max_i |r_i - r_i^ref|^2 (for the Verlet-list rebuild criterion)."""
-    m = 0.0
-    for a in range(pos.shape[0]):
-        d2 = 0.0
-        for c in range(3):
-            d = pos[a, c] - ref_pos[a, c]
-            d2 += d * d
-        if d2 > m:
-            m = d2
-    return m
-
-
 # ----------------------------------------------------------------------------- partial forces
 @njit(**_JIT)
-def partial_forces_periodic(idx, cell_start, slot_of, spos, box, n_cell, rc2, epsilon, sigma2, min_r2):
+def neighbour_cell(c, n_cell, length):
+    """Wrap a neighbour-cell coordinate ``c`` (in ``-1..n_cell``) into the grid and return
+    ``(wrapped, image_shift)``: atoms of that cell, seen from the central cell, sit at their
+    stored (wrapped) position + ``image_shift`` (valid when ``n_cell >= 3``)."""
+    if c < 0:
+        return c + n_cell, -length
+    if c >= n_cell:
+        return c - n_cell, length
+    return c, 0.0
+
+
+@njit(**_JIT)
+def _cell_pair_forces(b0, b1, skip, xa, ya, za, spos, box, ilx, ily, ilz, min_image, rc2, epsilon, sigma2):
+    """Sum of pair forces on a particle at ``(xa, ya, za)`` from slots ``b0..b1-1`` except
+    ``skip``. ``min_image``: apply d -= L rint(d / L) per pair (needed only with < 3 cells);
+    otherwise the caller has already moved the particle into the frame of the cell (per-cell
+    image shift), which saves the rounding in the inner loop. Returns ``(fx, fy, fz, min r2)``."""
+    fx = 0.0
+    fy = 0.0
+    fz = 0.0
+    close = np.inf
+    twentyfour_eps = 24.0 * epsilon
+    for b in range(b0, b1):
+        if b == skip:
+            continue
+        dx = xa - spos[b, 0]
+        dy = ya - spos[b, 1]
+        dz = za - spos[b, 2]
+        if min_image:
+            dx -= box[0] * np.rint(dx * ilx)
+            dy -= box[1] * np.rint(dy * ily)
+            dz -= box[2] * np.rint(dz * ilz)
+        r2 = dx * dx + dy * dy + dz * dz
+        if r2 < rc2:
+            if r2 < close:
+                close = r2
+            ir2 = 1.0 / r2
+            s2 = sigma2 * ir2
+            s6 = s2 * s2 * s2
+            fr = twentyfour_eps * s6 * (2.0 * s6 - 1.0) * ir2
+            fx += fr * dx
+            fy += fr * dy
+            fz += fr * dz
+    return fx, fy, fz, close
+
+
+@njit(**_JIT)
+def partial_forces_periodic(idx, cell_start, slot_of, spos, box, n_cell, rc2, epsilon, sigma2):
     """Forces on the atoms ``idx`` only, from the 27 cells around each (full neighbour search,
     no Newton's third law). Cost O(len(idx)): nothing proportional to N is touched or allocated.
 
     Arguments come from :func:`bin_periodic` with cells of side >= r_c. Returns
-    ``(F (k, 3), bad_i, bad_j)`` where ``bad_i, bad_j`` is an atom index / slot pair closer than
-    ``sqrt(min_r2)``, or ``-1, -1``.
+    ``(F (k, 3), close (k,))`` with ``close[m]`` the smallest squared neighbour distance of
+    atom ``idx[m]`` (for the overlap check).
     """
     k = idx.shape[0]
     nx, ny, nz = n_cell[0], n_cell[1], n_cell[2]
     lx, ly, lz = box[0], box[1], box[2]
     ilx, ily, ilz = 1.0 / lx, 1.0 / ly, 1.0 / lz
+    # with >= 3 cells per axis each neighbour cell has one image shift; otherwise the stencil
+    # is deduplicated and the image must be found per pair
+    min_image = nx < 3 or ny < 3 or nz < 3
     ox0, ox1 = offset_range(nx)
     oy0, oy1 = offset_range(ny)
     oz0, oz1 = offset_range(nz)
-    twentyfour_eps = 24.0 * epsilon
     out = np.empty((k, 3))
-    bad_i = -1
-    bad_j = -1
+    close = np.empty(k)
     for m in range(k):
         s = slot_of[idx[m]]
         xa, ya, za = spos[s, 0], spos[s, 1], spos[s, 2]
@@ -385,37 +466,29 @@ def partial_forces_periodic(idx, cell_start, slot_of, spos, box, n_cell, rc2, ep
         fxa = 0.0
         fya = 0.0
         fza = 0.0
+        nearest = np.inf
         for ox in range(ox0, ox1 + 1):
-            jx = (cx + ox) % nx
+            jx, sx = neighbour_cell(cx + ox, nx, lx)
             for oy in range(oy0, oy1 + 1):
-                jy = (cy + oy) % ny
+                jy, sy = neighbour_cell(cy + oy, ny, ly)
                 for oz in range(oz0, oz1 + 1):
-                    c = (jx * ny + jy) * nz + (cz + oz) % nz
-                    for b in range(cell_start[c], cell_start[c + 1]):
-                        if b == s:
-                            continue
-                        dx = xa - spos[b, 0]
-                        dy = ya - spos[b, 1]
-                        dz = za - spos[b, 2]
-                        dx -= lx * np.rint(dx * ilx)
-                        dy -= ly * np.rint(dy * ily)
-                        dz -= lz * np.rint(dz * ilz)
-                        r2 = dx * dx + dy * dy + dz * dz
-                        if r2 < rc2:
-                            if r2 < min_r2 and bad_i < 0:
-                                bad_i = idx[m]
-                                bad_j = b
-                            ir2 = 1.0 / r2
-                            s2 = sigma2 * ir2
-                            s6 = s2 * s2 * s2
-                            fr = twentyfour_eps * s6 * (2.0 * s6 - 1.0) * ir2
-                            fxa += fr * dx
-                            fya += fr * dy
-                            fza += fr * dz
+                    jz, sz = neighbour_cell(cz + oz, nz, lz)
+                    c = (jx * ny + jy) * nz + jz
+                    if min_image:
+                        sx = sy = sz = 0.0
+                    fx, fy, fz, near = _cell_pair_forces(cell_start[c], cell_start[c + 1], s, xa - sx, ya - sy,
+                                                         za - sz, spos, box, ilx, ily, ilz, min_image, rc2,
+                                                         epsilon, sigma2)
+                    fxa += fx
+                    fya += fy
+                    fza += fz
+                    if near < nearest:
+                        nearest = near
         out[m, 0] = fxa
         out[m, 1] = fya
         out[m, 2] = fza
-    return out, bad_i, bad_j
+        close[m] = nearest
+    return out, close
 
 
 # ----------------------------------------------------------------------------- open (ghost) geometry
@@ -530,7 +603,7 @@ def bin_open_box(pos, lo, hi, rcut):
     return cell_start, atoms, slot_of, spos, n_cell, origin, cell_len
 
 
-def _energy_shift(rcut, epsilon, sigma, shift):
+def energy_shift(rcut, epsilon, sigma, shift):
     """u(r_c) = 4 eps [(sigma/r_c)^12 - (sigma/r_c)^6] when shifting, else 0."""
     if not shift:
         return 0.0
@@ -562,7 +635,7 @@ def forces_open(pos, n_owned, lo, hi, rcut, epsilon=1.0, sigma=1.0, shift=False)
     min_dist : float, the smallest pair distance seen (for overlap checks), inf if none.
     """
     cell_start, atoms, slot_of, spos, n_cell, origin, cell_len = bin_open_box(pos, lo, hi, rcut)
-    u_shift = _energy_shift(rcut, epsilon, sigma, shift)
+    u_shift = energy_shift(rcut, epsilon, sigma, shift)
     f, u_atom, w_atom, close = open_forces_kernel(int(n_owned), cell_start, slot_of, spos, n_cell, origin,
                                                   cell_len, rcut * rcut, float(epsilon), float(sigma) ** 2,
                                                   u_shift)
@@ -585,3 +658,51 @@ def partial_forces_open(pos, idx, lo, hi, rcut, epsilon=1.0, sigma=1.0, cells=No
                                    float(epsilon), float(sigma) ** 2)
     min_dist = float(np.sqrt(close.min())) if idx.size else np.inf
     return f, min_dist
+
+
+# ----------------------------------------------------------------------------- initial conditions
+@njit(**_JIT)
+def insert_candidates(out, n_placed, candidates, box, min_d2, n_cell, head, next_atom):
+    """Random sequential addition: append each candidate (in order) to ``out`` unless it lies
+    closer than ``sqrt(min_d2)`` (minimum image) to an atom already placed. ``head``/``next_atom``
+    form a linked-list cell grid (cells of side >= min distance) updated in place.
+    Returns ``(n_placed, n_candidates_used)``."""
+    n = out.shape[0]
+    nx, ny, nz = n_cell[0], n_cell[1], n_cell[2]
+    ox0, ox1 = offset_range(nx)
+    oy0, oy1 = offset_range(ny)
+    oz0, oz1 = offset_range(nz)
+    used = 0
+    for m in range(candidates.shape[0]):
+        if n_placed >= n:
+            break
+        used += 1
+        x, y, z = candidates[m, 0], candidates[m, 1], candidates[m, 2]
+        cx = periodic_cell(x, box[0], nx)
+        cy = periodic_cell(y, box[1], ny)
+        cz = periodic_cell(z, box[2], nz)
+        ok = True
+        for ox in range(ox0, ox1 + 1):
+            for oy in range(oy0, oy1 + 1):
+                for oz in range(oz0, oz1 + 1):
+                    c = (((cx + ox) % nx) * ny + (cy + oy) % ny) * nz + (cz + oz) % nz
+                    j = head[c]
+                    while j >= 0 and ok:
+                        dx = x - out[j, 0]
+                        dy = y - out[j, 1]
+                        dz = z - out[j, 2]
+                        dx -= box[0] * np.rint(dx / box[0])
+                        dy -= box[1] * np.rint(dy / box[1])
+                        dz -= box[2] * np.rint(dz / box[2])
+                        if dx * dx + dy * dy + dz * dz < min_d2:
+                            ok = False
+                        j = next_atom[j]
+        if ok:
+            out[n_placed, 0] = x
+            out[n_placed, 1] = y
+            out[n_placed, 2] = z
+            c = (cx * ny + cy) * nz + cz
+            next_atom[n_placed] = head[c]
+            head[c] = n_placed
+            n_placed += 1
+    return n_placed, used
