@@ -1,0 +1,323 @@
+"""The generate stage end to end under real ``mpiexec``: rank invariance, resume after a crash,
+the store lock, verify, and bad job specs (exit 2, one line, nothing written)."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hpcsur.store import acquire_lock, open_dataset
+
+BIN = Path(sys.executable).parent
+MPIEXEC = str(BIN / "mpiexec")
+HPCSUR = str(BIN / "hpcsur")
+ARRAYS = ("x", "idx", "f_partial", "f_full", "phi", "t", "step", "traj")
+
+PP = """
+[system]
+kind = "predator_prey"
+n = {n}
+[simulation]
+trajectories = {trajectories}
+dt = 0.01
+steps = 290
+save_every = 10
+seed = 3
+integrator = "euler"
+[labels]
+p = {p}
+full = true
+[store]
+path = "unused"
+frames_per_shard = 5
+{parallel}
+"""
+
+AC = """
+[system]
+kind = "allen_cahn"
+n = 24
+[simulation]
+trajectories = 2
+dt = 1.7e-5
+steps = 40
+save_every = 10
+seed = 5
+integrator = "rk4"
+[labels]
+p = 0.1
+full = true
+[store]
+path = "unused"
+{parallel}
+"""
+
+LJ = """
+[system]
+kind = "lennard_jones"
+lattice = "fcc"
+n_atoms = 4000
+density = 0.8
+shift = true
+[simulation]
+trajectories = 1
+dt = 0.005
+steps = 200
+save_every = 100
+seed = 1
+[initial]
+temperature = 1.0
+[labels]
+p = 0.0125
+full = false
+[store]
+path = "unused"
+{parallel}
+"""
+
+
+def pp_job(trajectories=8, n=50, p=0.2, grid=None):
+    return PP.format(trajectories=trajectories, n=n, p=p, parallel=_parallel(grid))
+
+
+def _parallel(grid):
+    return "" if grid is None else f"[parallel]\ngrid = {list(grid)}\n"
+
+
+def write_job(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    job = folder / f"{name}.toml"
+    job.write_text(text)
+    return job
+
+
+def generate(job, out, n=1, *extra, timeout=180, check=True):
+    cmd = [MPIEXEC, "-n", str(n), HPCSUR, "generate", str(job), "--output", str(out), "--no-progress", *extra]
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    if check:
+        assert res.returncode == 0, f"{cmd}\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def hpcsur(*args, timeout=60):
+    return subprocess.run([HPCSUR, *map(str, args)], capture_output=True, text=True, timeout=timeout)
+
+
+def load(path) -> dict:
+    ds = open_dataset(path)
+    got = ds.global_frames(0, ds.n_frames)
+    return {k: np.asarray(v) for k, v in got.items()}
+
+
+def assert_identical(a, b, what=""):
+    a, b = load(a), load(b)
+    assert set(a) == set(b)
+    for name in ARRAYS:
+        if name in a:
+            assert a[name].dtype == b[name].dtype, f"{what} {name}"
+            assert np.array_equal(a[name], b[name]), f"{what}: array {name!r} differs"
+
+
+def error_line(res) -> str:
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("hpcsur generate: error: "), lines[0]
+    return lines[0]
+
+
+# ----------------------------------------------------------------------------- reference stores
+@pytest.fixture(scope="module")
+def refs(tmp_path_factory):
+    """One-rank reference stores, shared by several tests (each is a CLI run of a few seconds)."""
+    root = tmp_path_factory.mktemp("refs")
+    out = {}
+    out["pp"] = root / "pp"
+    generate(write_job(root, "pp", pp_job()), out["pp"], 1)
+    out["ac"] = root / "ac"
+    generate(write_job(root, "ac", AC.format(parallel="")), out["ac"], 1)
+    return out
+
+
+# ----------------------------------------------------------------------------- 1. rank invariance
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,grid", [(2, [2]), (4, [4]), (2, None)], ids=["grid2", "grid4", "ensemble2"])
+def test_predator_prey_rank_invariant(refs, tmp_path, n, grid):
+    out = tmp_path / "pp"
+    generate(write_job(tmp_path, "pp", pp_job(grid=grid)), out, n)
+    ref = load(refs["pp"])
+    assert ref["f_full"].shape == (8 * 30, 100)
+    assert ref["x"].shape == (8 * 30, 100)
+    assert_identical(refs["pp"], out, f"predator_prey {n} ranks grid {grid}")
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("n,grid", [(2, [2, 1]), (4, [2, 2])], ids=["grid2x1", "grid2x2"])
+def test_allen_cahn_rank_invariant(refs, tmp_path, n, grid):
+    out = tmp_path / "ac"
+    generate(write_job(tmp_path, "ac", AC.format(parallel=_parallel(grid))), out, n)
+    assert load(refs["ac"])["f_full"].shape == (2 * 5, 24 * 24)
+    assert_identical(refs["ac"], out, f"allen_cahn {n} ranks grid {grid}")
+
+
+@pytest.mark.mpi
+def test_lennard_jones_rank_invariant(tmp_path):
+    one, two = tmp_path / "lj1", tmp_path / "lj2"
+    generate(write_job(tmp_path / "a", "lj", LJ.format(parallel="")), one, 1, timeout=300)
+    generate(write_job(tmp_path / "b", "lj", LJ.format(parallel=_parallel([2, 1, 1]))), two, 2, timeout=300)
+    a, b = load(one), load(two)
+    assert a["x"].shape == (3, 3 * 4000)
+    assert not np.array_equal(a["x"][0], a["x"][2])  # the atoms moved
+    np.testing.assert_allclose(b["x"][2], a["x"][2], rtol=0, atol=1e-8)
+    np.testing.assert_array_equal(b["idx"], a["idx"])
+    np.testing.assert_allclose(b["f_partial"], a["f_partial"], rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- 2. resume
+def _rank_pids(marker: str) -> list[int]:
+    """PIDs of python processes (the MPI ranks, not mpiexec) whose command line has ``marker``."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if marker.encode() in argv and not any(a.endswith(b"mpiexec") or b"hydra" in a for a in argv[:1]):
+            pids.append(int(entry.name))
+    return pids
+
+
+def _check_complete(path, n_frames):
+    info = hpcsur("store", "info", path, "--json")
+    assert info.returncode == 0, info.stderr
+    summary = json.loads(info.stdout)
+    assert summary["completeness"] == 1.0
+    assert summary["frames_complete"] == summary["frames_total"] == n_frames
+    ver = hpcsur("store", "verify", path)
+    assert ver.returncode == 0, ver.stdout + ver.stderr
+
+
+@pytest.mark.mpi
+def test_resume_after_kill9_is_bit_identical(refs, tmp_path):
+    job = write_job(tmp_path, "pp", pp_job())
+    out = tmp_path / "killed-store-unique"
+    cmd = [MPIEXEC, "-n", "2", HPCSUR, "generate", str(job), "--output", str(out), "--no-progress"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not list((out / "progress").glob("shard-*.json")):
+            assert proc.poll() is None, "run ended before any shard was written"
+            assert time.monotonic() < deadline, "no shard written within 120 s"
+            time.sleep(0.02)
+        pids = _rank_pids(str(out))
+        assert pids, "no rank process found"
+        os.kill(max(pids), signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    done_before = len(list((out / "progress").glob("shard-*.json")))
+    assert proc.returncode != 0
+    assert 1 <= done_before < 48, "the kill came too late to test resume"
+    generate(job, out, 2, "--resume")
+    assert_identical(refs["pp"], out, "resumed after kill -9")
+    _check_complete(out, 8 * 30)
+
+
+@pytest.mark.mpi
+def test_resume_after_stop_is_bit_identical(refs, tmp_path):
+    job = write_job(tmp_path, "pp", pp_job(grid=[2]))
+    out = tmp_path / "stopped"
+    res = generate(job, out, 2, "--stop-after-shards", "2", check=False)
+    assert res.returncode != 0
+    done = len(list((out / "progress").glob("shard-*.json")))
+    assert 2 <= done < 48
+    assert not (out / "manifest.json").exists()
+    res = generate(job, out, 1, "--resume")  # a different rank count is fine too
+    assert_identical(refs["pp"], out, "resumed after --stop-after-shards")
+    _check_complete(out, 8 * 30)
+
+
+# ----------------------------------------------------------------------------- 3. lock
+@pytest.mark.mpi
+def test_locked_store_is_refused(refs, tmp_path):
+    job = write_job(tmp_path, "pp", pp_job())
+    store = tmp_path / "store"
+    shutil.copytree(refs["pp"], store)
+    lock = acquire_lock(store)
+    try:
+        res = generate(job, store, 1, "--resume", check=False)
+    finally:
+        lock.release()
+    assert res.returncode == 2, res.stderr
+    line = error_line(res)
+    assert "locked" in line and f"pid={os.getpid()}" in line
+
+
+# ----------------------------------------------------------------------------- 4. verify
+def test_verify_names_damaged_shards(refs, tmp_path):
+    store = tmp_path / "store"
+    shutil.copytree(refs["pp"], store)
+    assert hpcsur("store", "verify", store).returncode == 0
+    truncated = store / "x" / "c" / "0" / "0"
+    flipped = store / "f_partial" / "c" / "3" / "0" / "0"
+    assert truncated.is_file() and flipped.is_file(), sorted(p for p in (store / "f_partial").rglob("*"))
+    truncated.write_bytes(truncated.read_bytes()[:-7])
+    data = bytearray(flipped.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    flipped.write_bytes(bytes(data))
+    res = hpcsur("store", "verify", store)
+    assert res.returncode == 1, res.stdout
+    assert "shard 0 array 'x'" in res.stdout and "truncated" in res.stdout
+    from hpcsur.store import verify
+
+    report = verify(store)
+    bad = {(p.shard, p.array, p.reason) for p in report.problems}
+    assert bad == {(0, "x", "truncated"), (3, "f_partial", "altered")}
+
+
+# ----------------------------------------------------------------------------- 5. bad specs
+BAD_SPECS = {
+    "unknown_key": (1, pp_job(trajectories=2).replace("seed = 3", "seed = 3\nsteps_per_frame = 2"),
+                    "steps_per_frame"),
+    "p_too_large": (1, pp_job(trajectories=2, p=1.5), "p = 1.5"),
+    "p_zero": (1, pp_job(trajectories=2, p=0), "p = 0"),
+    "steps_zero": (1, pp_job(trajectories=2).replace("steps = 290", "steps = 0"), "steps = 0"),
+    "grid_not_dividing": (3, AC.format(parallel=_parallel([2, 1])), "grid = [2, 1]"),
+    "grid_too_fine": (2, pp_job(trajectories=2, n=3, grid=[2]), "does not fit"),
+    "grid_wrong_length": (1, pp_job(trajectories=2, grid=[1, 1]), "grid = [1, 1]"),
+}
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("case", sorted(BAD_SPECS))
+def test_bad_job_spec_exits_2_and_writes_nothing(tmp_path, case):
+    n, text, needle = BAD_SPECS[case]
+    job = write_job(tmp_path, "bad", text.replace('frames_per_shard = 5', '') if case == "grid_too_fine" else text)
+    out = tmp_path / "out"
+    res = generate(job, out, n, check=False, timeout=60)
+    assert res.returncode == 2, res.stdout + res.stderr
+    line = error_line(res)
+    assert needle in line, line
+    assert not out.exists(), f"{case}: the store path was created"
+
+
+@pytest.mark.mpi
+def test_existing_store_needs_resume(refs, tmp_path):
+    job = write_job(tmp_path, "pp", pp_job())
+    store = tmp_path / "store"
+    shutil.copytree(refs["pp"], store)
+    before = load(store)
+    res = generate(job, store, 1, check=False, timeout=60)
+    assert res.returncode == 2
+    assert "--resume" in error_line(res)
+    after = load(store)
+    assert all(np.array_equal(before[k], after[k]) for k in before)
