@@ -108,13 +108,19 @@ def bin_periodic(pos, box, n_cell):
         cz = periodic_cell(wz, box[2], nz)
         cell_of[i] = (cx * ny + cy) * nz + cz
     cell_start, atoms, slot_of = _counting_sort(cell_of, nx * ny * nz)
-    spos = np.empty((n, 3))
-    for s in range(n):
+    return cell_start, atoms, slot_of, _in_slot_order(wrapped, atoms)
+
+
+@njit(**_JIT)
+def _in_slot_order(pos, atoms):
+    """A copy of ``pos`` permuted into slot (cell-sorted) order: ``out[s] = pos[atoms[s]]``."""
+    out = np.empty((atoms.shape[0], 3))
+    for s in range(atoms.shape[0]):
         a = atoms[s]
-        spos[s, 0] = wrapped[a, 0]
-        spos[s, 1] = wrapped[a, 1]
-        spos[s, 2] = wrapped[a, 2]
-    return cell_start, atoms, slot_of, spos
+        out[s, 0] = pos[a, 0]
+        out[s, 1] = pos[a, 1]
+        out[s, 2] = pos[a, 2]
+    return out
 
 
 @njit(**_JIT)
@@ -143,13 +149,7 @@ def bin_open(pos, origin, cell_len, n_cell):
         cz = open_cell(pos[i, 2], origin[2], cell_len[2], nz)
         cell_of[i] = (cx * ny + cy) * nz + cz
     cell_start, atoms, slot_of = _counting_sort(cell_of, nx * ny * nz)
-    spos = np.empty((n, 3))
-    for s in range(n):
-        a = atoms[s]
-        spos[s, 0] = pos[a, 0]
-        spos[s, 1] = pos[a, 1]
-        spos[s, 2] = pos[a, 2]
-    return cell_start, atoms, slot_of, spos
+    return cell_start, atoms, slot_of, _in_slot_order(pos, atoms)
 
 
 # ----------------------------------------------------------------------------- Verlet list
