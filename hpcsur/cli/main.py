@@ -44,7 +44,8 @@ def main(argv=None) -> int:
     try:
         return int(args._run(args) or 0)
     except InputError as err:
-        print(f"hpcsur {args.command}: error: {err}", file=sys.stderr)
+        if _mpi_rank() == 0:  # under mpiexec every rank raises the same error: report it once
+            print(f"hpcsur {args.command}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"hpcsur {args.command}: interrupted", file=sys.stderr)
@@ -52,6 +53,14 @@ def main(argv=None) -> int:
     except Exception:
         _abort_other_ranks()
         raise
+
+
+def _mpi_rank() -> int:
+    """This process's rank in COMM_WORLD, 0 when MPI is not in use."""
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
+        return 0
+    return mpi.COMM_WORLD.Get_rank()
 
 
 def _abort_other_ranks() -> None:

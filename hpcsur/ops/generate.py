@@ -212,7 +212,9 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
             x_start = group.bcast(x_last, root=writer)
             progress.update(plan.frames_per_shard * plan.n_groups if sid not in done else 0)
             if stop_after_shards is not None and written >= stop_after_shards:
-                raise SystemExit(99)  # test hook: die mid-run
+                # test hook: die mid-run. Abort, not SystemExit: one rank exiting alone would leave
+                # the others blocked in the next collective forever.
+                comm.Abort(99)
     progress.close()
     comm.Barrier()
     elapsed = time.perf_counter() - t_start
