@@ -217,8 +217,8 @@ def launch(n, args):
 def main():
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    ap.add_argument("--lj-steps", type=int, default=10)
-    ap.add_argument("--ac-steps", type=int, default=10)
+    ap.add_argument("--lj-steps", type=int, default=20)
+    ap.add_argument("--ac-steps", type=int, default=20)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--shards", type=int, default=3, help="shards written per rank")
     ap.add_argument("--timeout", type=int, default=150, help="seconds per mpiexec run")
