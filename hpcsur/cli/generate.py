@@ -3,6 +3,7 @@
 Simulates the job's trajectories over the MPI ranks, computes forces on the chosen blocks only,
 and writes everything to a sharded zarr store. ``--resume`` continues an interrupted store.
 """
+import argparse
 import json
 import sys
 
@@ -14,13 +15,15 @@ def add_arguments(parser):
     parser.add_argument("--output", help="store path (overrides [store] path)")
     parser.add_argument("--resume", action="store_true", help="continue an interrupted store")
     parser.add_argument("--no-progress", action="store_true", help="no progress line")
-    parser.add_argument("--stop-after-shards", type=int, default=None, help=argparse_hidden())
+    # test hook: abort the whole job after this rank wrote K shards (simulates a crash)
+    parser.add_argument("--stop-after-shards", type=_positive_int, default=None, help=argparse.SUPPRESS)
 
 
-def argparse_hidden():
-    import argparse
-
-    return argparse.SUPPRESS
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
 
 
 def run(args):
