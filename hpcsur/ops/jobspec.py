@@ -8,6 +8,12 @@ A job spec has one table per pipeline concern::
     [labels]      p (fraction of blocks with computed forces), full (also store all forces)
     [store]       path of the zarr store, optional frames_per_shard
     [parallel]    optional rank grid
+    [output]      run folder for everything after generation (default runs/<job name>)
+    [split] [autoencoder] [latent] [train] [evaluate]   learning (see hpcsur.learn.config)
+    [slurm]       batch resources and environment set-up for ``hpcsur submit``
+
+Only [system], [simulation], [labels] and [store] are required; a stage that needs another
+section (e.g. train-ae needs [autoencoder]) says so in one line before it starts.
 
 Every field is typed and range-checked, unknown keys are rejected, and each mistake is reported
 as one line naming the file, table, key and allowed range. :func:`load_job` reads and validates a
@@ -18,13 +24,15 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from hpcsur.errors import InputError
-from hpcsur.ops.spec_fields import build, field, to_table
+from hpcsur.config import build, field, to_table
+from hpcsur.learn.config import Autoencoder, Evaluate, Latent, Split, Train
 
 SYSTEM_KINDS = ("lennard_jones", "allen_cahn", "predator_prey")
 
@@ -181,6 +189,36 @@ class Parallel:
 
 
 @dataclass(frozen=True)
+class Output:
+    dir: str = field("", doc="run folder (spec, checkpoints, encoded store, report, plots); "
+                             "default runs/<job name>")
+
+
+_SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+
+
+@dataclass(frozen=True)
+class Slurm:
+    """Resources of every sbatch script ``hpcsur submit`` renders (values are shell-quoted)."""
+
+    partition: Optional[str] = field(None)
+    account: Optional[str] = field(None)
+    nodes: int = field(1, ge=1)
+    ntasks_per_node: int = field(2, ge=1)
+    cpus_per_task: int = field(1, ge=1)
+    time: str = field("01:00:00", doc="wall-clock limit: MM, HH:MM:SS or D-HH:MM:SS")
+    mem: Optional[str] = field(None, doc="e.g. 4G; default: the partition's")
+    launcher: str = field("mpiexec", choices=("mpiexec", "srun"))
+    signal_seconds: int = field(90, ge=1, doc="SIGUSR1 this many seconds before the time limit")
+    requeue: bool = field(True)
+    setup: list[str] = field([], doc="shell lines run before each stage (module load ..., source ...)")
+
+    def validate(self, where: str) -> None:
+        if not _SLURM_TIME.match(self.time):
+            raise InputError(f"{where} time = {self.time!r} is not a Slurm time; allowed: MM, HH:MM:SS or D-HH:MM:SS")
+
+
+@dataclass(frozen=True)
 class JobSpec:
     """A validated job spec (see the module docstring)."""
 
@@ -192,7 +230,26 @@ class JobSpec:
     labels: Labels
     store: Store
     parallel: Parallel
+    output: Output = Output()
+    split: Split = Split()
+    autoencoder: Optional[Autoencoder] = None
+    latent: Optional[Latent] = None
+    train: Train = Train()
+    evaluate: Evaluate = Evaluate()
+    slurm: Slurm = Slurm()
     source: str = ""
+
+    @property
+    def run_dir(self) -> str:
+        """Where the stages after generation write: [output] dir, or runs/<job name>."""
+        return self.output.dir or f"runs/{self.name}"
+
+    def require(self, section: str, stage: str):
+        """The optional section ``section``, or a one-line error naming the stage that needs it."""
+        value = getattr(self, section)
+        if value is None:
+            raise InputError(f"{self.source}: missing table [{section}] (needed by {stage})")
+        return value
 
     @property
     def integrator(self) -> str:
@@ -208,17 +265,22 @@ class JobSpec:
             "labels": to_table(self.labels),
             "store": to_table(self.store),
             **({"parallel": to_table(self.parallel)} if self.parallel.grid else {}),
+            **{name: to_table(getattr(self, name)) for name in OPTIONAL_SECTIONS
+               if getattr(self, name) is not None},
         }
 
     def data_hash(self) -> str:
         """A hash of everything that determines the generated data (not the store path)."""
-        tables = self.to_dict()
-        tables.pop("store")
-        tables.pop("parallel", None)  # the data must not depend on the rank grid
+        everything = self.to_dict()  # not the store path, rank grid or learning: the data alone
+        tables = {name: everything[name] for name in DATA_SECTIONS if name in everything}
         return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
 
 
-SECTIONS = ("system", "simulation", "initial", "labels", "store", "parallel")
+DATA_SECTIONS = ("system", "simulation", "initial", "labels")
+#: Optional sections: table name -> dataclass (None in JobSpec when absent, unless it has defaults).
+OPTIONAL_SECTIONS = {"output": Output, "split": Split, "autoencoder": Autoencoder, "latent": Latent,
+                     "train": Train, "evaluate": Evaluate, "slurm": Slurm}
+SECTIONS = DATA_SECTIONS + ("store", "parallel") + tuple(OPTIONAL_SECTIONS)
 
 
 def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> JobSpec:
@@ -247,8 +309,31 @@ def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> J
     if parallel.grid is not None and len(parallel.grid) != SPATIAL_DIMS[kind]:
         raise InputError(f"{source}: [parallel] grid = {parallel.grid} has {len(parallel.grid)} entries; "
                          f"{kind} needs {SPATIAL_DIMS[kind]}")
-    return JobSpec(name=name or Path(source).stem, kind=kind, system=system, simulation=simulation,
-                   initial=initial, labels=labels, store=store, parallel=parallel, source=source)
+    optional = {section: build(cls, tables[section], f"{source}: [{section}]")
+                for section, cls in OPTIONAL_SECTIONS.items() if section in tables}
+    spec = JobSpec(name=name or Path(source).stem, kind=kind, system=system, simulation=simulation,
+                   initial=initial, labels=labels, store=store, parallel=parallel, source=source, **optional)
+    _check_learning(spec)
+    return spec
+
+
+def _check_learning(spec: JobSpec) -> None:
+    """Cross-section rules of the learning tables (each one line, before anything runs)."""
+    src = spec.source
+    n_traj = spec.simulation.trajectories
+    learning = spec.autoencoder is not None or spec.latent is not None
+    if learning and spec.split.validation + spec.split.test >= n_traj:
+        raise InputError(f"{src}: [split] validation + test = {spec.split.validation + spec.split.test} leaves "
+                         f"no training trajectory of {n_traj}; allowed: validation + test < {n_traj}")
+    n_obs = {"lennard_jones": 1, "allen_cahn": 1, "predator_prey": 2}[spec.kind]
+    if spec.autoencoder is not None and spec.autoencoder.latent_dim <= n_obs:
+        raise InputError(f"{src}: [autoencoder] latent_dim = {spec.autoencoder.latent_dim} is out of range; "
+                         f"allowed: latent_dim > {n_obs} (the {n_obs} observable(s) plus at least one closure variable)")
+    if spec.latent is not None:
+        if "lz" in spec.latent.losses or "lx" in spec.latent.losses:
+            if not spec.labels.full:
+                raise InputError(f"{src}: [latent] losses = {spec.latent.losses!r} need all forces; set [labels] "
+                                 "full = true or use losses = [\"lxp\"]")
 
 
 def load_job(path: str | Path) -> JobSpec:

@@ -1,4 +1,4 @@
-"""A tiny typed-TOML validator: frozen dataclasses whose fields carry their allowed ranges.
+"""Typed TOML sections: frozen dataclasses whose fields carry their allowed ranges (shared by every room).
 
 Each section of a job spec is a frozen dataclass; each field is declared with :func:`field`
 giving its bounds or choices. :func:`build` turns a TOML table into an instance and raises

@@ -1,0 +1,107 @@
+"""The learning sections of a job spec, as typed frozen dataclasses.
+
+They live in ``learn`` (not ``ops``) so the learning code can take them without importing the
+operations room; :mod:`hpcsur.ops.jobspec` builds them from TOML with :func:`hpcsur.config.build`.
+
+::
+
+    [split]        validation = 2; test = 8            # trajectories held out (the last ones)
+    [autoencoder]  latent_dim = 4; hidden = [32, 32]; lambda_cond = 1e-6; epochs = 10
+    [latent]       model = "onsagernet"; losses = ["lz", "lxp"]; equivalent_data = 2400; seeds = [1, 2, 3]
+    [train]        backend = "auto"; workers = 2; lr_scaling = "none"; memory_mb = 512
+    [evaluate]     substeps = 10
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Optional
+
+from hpcsur.config import field
+from hpcsur.errors import InputError
+
+ACTIVATIONS = ("softplus", "tanh", "relu", "gelu", "silu", "relu2")
+MODELS = ("mlp", "onsagernet", "gfinn")
+LOSSES = ("lz", "lx", "lxp")
+BACKENDS = ("auto", "horovod", "ddp", "none")
+
+
+@dataclass(frozen=True)
+class Split:
+    """Which trajectories train, select and test: the last ``test`` trajectories are the test set,
+    the ``validation`` before them select models (early stopping, best epoch), the rest train."""
+
+    validation: int = field(2, ge=1, doc="trajectories used for model selection")
+    test: int = field(8, ge=1, doc="trajectories held out for evaluation")
+
+
+@dataclass(frozen=True)
+class Autoencoder:
+    """Closure autoencoder: encoder phi = (phi*, phi_hat), decoder psi; L_AE = L_rec + lambda L_cond."""
+
+    latent_dim: int = field(ge=1, doc="d = number of observables + closure variables")
+    hidden: list[int] = field([32, 32], ge=1, doc="hidden widths of the encoder MLP (the decoder mirrors them)")
+    activation: str = field("softplus", choices=ACTIVATIONS)
+    lambda_cond: float = field(1e-6, ge=0.0, doc="weight of the condition-number loss L_cond")
+    cond_rows: str = field("all", choices=("all", "closure"),
+                           doc="rows of J in kappa(J J^T): all of phi, or the closure part only (LJ)")
+    epochs: int = field(10, ge=1)
+    batch: int = field(256, ge=1)
+    lr: float = field(1e-3, gt=0.0)
+    weight_decay: float = field(1e-4, ge=0.0)
+    seed: int = field(42, ge=0)
+    max_train_frames: Optional[int] = field(None, ge=1, doc="cap on training frames per epoch")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Latent:
+    """Latent ODE model g_theta and the losses it is trained with.
+
+    ``equivalent_data`` is K p, the number of *full-force-equivalent* configurations: L_z and L_x
+    train on K = equivalent_data configurations, L_x,p on K = equivalent_data / p.
+    """
+
+    model: str = field("onsagernet", choices=MODELS)
+    hidden: list[int] = field([64, 64], ge=1)
+    activation: str = field("tanh", choices=ACTIVATIONS)
+    forcing: bool = field(False, doc="OnsagerNet: add a learned forcing term F(z)")
+    losses: list[str] = field(["lz", "lxp"], choices=LOSSES)
+    equivalent_data: int = field(ge=1, doc="configurations x p (see the class docstring)")
+    seeds: list[int] = field([1, 2, 3], ge=0)
+    epochs: int = field(200, ge=1)
+    batch: int = field(256, ge=1)
+    lr: float = field(5e-3, gt=0.0)
+    weight_decay: float = field(0.0, ge=0.0)
+    patience: int = field(50, ge=1, doc="ReduceLROnPlateau patience (epochs)")
+    factor: float = field(0.5, gt=0.0, lt=1.0)
+    min_lr: float = field(5e-6, ge=0.0)
+
+    def validate(self, where: str) -> None:
+        if len(set(self.losses)) != len(self.losses) or not self.losses:
+            raise InputError(f"{where} losses = {self.losses!r}: give each of lz, lx, lxp at most once, at least one")
+        if len(set(self.seeds)) != len(self.seeds) or not self.seeds:
+            raise InputError(f"{where} seeds = {self.seeds!r}: give at least one seed, each once")
+
+
+@dataclass(frozen=True)
+class Train:
+    """How training runs: data-parallel backend, workers, streaming and checkpoints."""
+
+    backend: str = field("auto", choices=BACKENDS, doc="auto: Horovod when importable, else torch DDP")
+    workers: int = field(2, ge=1, doc="data-parallel workers `hpcsur run` launches")
+    lr_scaling: str = field("none", choices=("none", "linear", "sqrt"),
+                            doc="scale the learning rate with the number of workers")
+    memory_mb: float = field(1024.0, gt=0.0, doc="budget for frames held in memory per worker")
+    shuffle_buffer: int = field(8192, ge=1, doc="frames in the shuffle buffer (bounded by memory_mb)")
+    loader_workers: int = field(0, ge=0, doc="DataLoader processes per worker (spawned) for reading")
+    prefetch: int = field(2, ge=1, doc="shards read ahead of the trainer")
+    threads: int = field(1, ge=1, doc="torch intra-op threads per worker")
+    checkpoint_every: int = field(1, ge=1, doc="epochs between checkpoints")
+
+
+@dataclass(frozen=True)
+class Evaluate:
+    """Latent RK4 rollouts from encoded initial states against the encoded test trajectories."""
+
+    substeps: int = field(10, ge=1, doc="RK4 steps per stored frame interval")
+    trajectories: Optional[int] = field(None, ge=1, doc="test trajectories to roll out (default: all)")
+    frames: Optional[int] = field(None, ge=2, doc="frames per rollout (default: the whole trajectory)")
