@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, fields, replace
 from typing import Any, Mapping
 
 import numpy as np
@@ -25,6 +25,8 @@ DEFAULT_MIN_CHUNK_BYTES = 1 * MiB
 
 FLOAT_FILL = float("nan")
 INT_FILL = -1
+#: What a dataset's frames hold (see :func:`array_specs`).
+CONTENTS = ("trajectories", "encoded")
 
 
 @dataclass(frozen=True)
@@ -53,6 +55,11 @@ class DatasetSchema:
     ``n_state`` is N (length of the flattened microscopic state), ``k`` the number of chosen
     blocks per frame, ``m`` the block size (so f_I is (k, m)), ``n_obs`` the length of the
     observable phi*. ``full_labels`` adds the (frames, N) ``f_full`` array.
+
+    ``content`` says what a frame holds: ``"trajectories"`` (the generator's microscopic frames)
+    or ``"encoded"`` (what the latent losses need per frame, with ``latent_dim`` = d; see
+    :func:`array_specs`). Both share the frame axis and shard geometry, so shard ``s`` of an
+    encoded dataset holds exactly the frames of shard ``s`` of its source.
     """
 
     n_traj: int
@@ -64,10 +71,19 @@ class DatasetSchema:
     full_labels: bool
     frames_per_shard: int
     chunk_frames: int
+    content: str = "trajectories"
+    latent_dim: int = 0
 
     def __post_init__(self) -> None:
+        if self.content not in CONTENTS:
+            raise InputError(f"schema.content: {self.content!r} is not one of {', '.join(CONTENTS)}")
+        if self.content == "encoded" and (isinstance(self.latent_dim, bool) or not isinstance(
+                self.latent_dim, (int, np.integer)) or self.latent_dim < 1):
+            raise InputError(f"schema.latent_dim: an encoded dataset needs latent_dim >= 1, got {self.latent_dim!r}")
         for f in fields(self):
             value = getattr(self, f.name)
+            if f.name in ("content", "latent_dim"):
+                continue
             if f.name == "full_labels":
                 if not isinstance(value, (bool, np.bool_)):
                     raise InputError(f"schema.full_labels: expected a bool, got {value!r}")
@@ -118,20 +134,44 @@ class DatasetSchema:
         return self.shard_frames(s)[0] // self.frames_per_traj
 
     def to_dict(self) -> dict[str, Any]:
-        return {k: (bool(v) if isinstance(v, (bool, np.bool_)) else int(v)) for k, v in asdict(self).items()}
+        def plain(v):
+            return bool(v) if isinstance(v, (bool, np.bool_)) else v if isinstance(v, str) else int(v)
+        return {k: plain(v) for k, v in asdict(self).items()}
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSchema":
         names = {f.name for f in fields(cls)}
-        missing = sorted(names - set(d))
+        optional = {f.name for f in fields(cls) if f.default is not MISSING}
+        missing = sorted(names - set(d) - optional)
         if missing:
             raise InputError(f"schema: missing field {missing[0]!r}")
-        return cls(**{k: d[k] for k in names})
+        return cls(**{k: d[k] for k in names if k in d})
+
+    def encoded(self, latent_dim: int) -> "DatasetSchema":
+        """The schema of this dataset's encoding: same frames and shards, per-frame latent data."""
+        return replace(self, content="encoded", latent_dim=latent_dim)
 
 
 def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
-    """The arrays of a dataset with their full shapes; ``f_full`` only when ``full_labels``."""
+    """The arrays of a dataset with their full shapes.
+
+    Trajectories: ``x, t, step, traj, idx, f_partial, phi`` (+ ``f_full`` when ``full_labels``).
+
+    Encoded (d = ``latent_dim``; see :mod:`hpcsur.learn.encode` for the derivation): ``t, traj``,
+    the latent state ``z`` (d), and for each loss a least-squares triple ``(R, y, r2)`` with
+    ``||f_I - (J+)_I g||^2 = ||y - R g||^2 + r2`` for every g: ``lxp_R`` (d, d), ``lxp_y`` (d),
+    ``lxp_r2`` from the partial labels, plus ``jf_est`` (d) = (n/k) J_I f_I, an unbiased estimate of
+    J f. With ``full_labels`` also ``jf`` (d) = J f for L_z and ``lx_R, lx_y, lx_r2`` for L_x.
+    """
     n = schema.n_frames
+    if schema.content == "encoded":
+        d = schema.latent_dim
+        names = [("t", ()), ("traj", ()), ("z", (d,)), ("lxp_R", (d, d)), ("lxp_y", (d,)), ("lxp_r2", ()),
+                 ("jf_est", (d,))]
+        if schema.full_labels:
+            names += [("jf", (d,)), ("lx_R", (d, d)), ("lx_y", (d,)), ("lx_r2", ())]
+        return {name: ArraySpec(name, (n, *shape), "int32" if name == "traj" else "float64",
+                                INT_FILL if name == "traj" else FLOAT_FILL) for name, shape in names}
     specs = [
         ArraySpec("x", (n, schema.n_state), "float64", FLOAT_FILL),
         ArraySpec("t", (n,), "float64", FLOAT_FILL),

@@ -1,0 +1,20 @@
+"""``hpcsur evaluate JOB.toml``: latent RK4 rollouts of every trained model against the encoded test
+trajectories; writes ``<run_dir>/report.json`` and ``<run_dir>/plots/*.png`` and prints the table."""
+
+
+def add_arguments(parser):
+    parser.add_argument("job", help="job spec (TOML) with a [latent] table")
+    parser.add_argument("--resume", action="store_true", help="accepted for symmetry with the other stages")
+
+
+def run(args):
+    from hpcsur.ops import stages
+    from hpcsur.ops.jobspec import load_job
+
+    spec = load_job(args.job)
+    report = stages.evaluate(spec)
+    print(stages.format_table(report))
+    print(f"report: {report['plots']['observables'].rsplit('/plots/', 1)[0]}/report.json")
+    for name, path in report["plots"].items():
+        print(f"plot ({name}): {path}")
+    return 0

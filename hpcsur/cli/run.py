@@ -1,0 +1,33 @@
+"""``hpcsur run JOB.toml [--ranks R] [--workers W] [--backend B] [--stages a,b]``: generate ->
+train-ae -> encode -> train-latent -> evaluate on this machine, skipping finished stages."""
+
+
+def _positive_int(text):
+    import argparse
+
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text!r}")
+    return value
+
+
+def add_arguments(parser):
+    from hpcsur.learn.config import BACKENDS
+
+    parser.add_argument("job", help="job spec (TOML) with [autoencoder] and [latent] tables")
+    parser.add_argument("--ranks", type=_positive_int, default=2, help="MPI ranks for generate and encode (default 2)")
+    parser.add_argument("--workers", type=_positive_int, help="training workers (default: [train] workers)")
+    parser.add_argument("--backend", choices=BACKENDS, help="override [train] backend")
+    parser.add_argument("--stages", help="comma-separated subset of: generate,train-ae,encode,train-latent,evaluate")
+
+
+def run(args):
+    from hpcsur.ops.jobspec import load_job
+    from hpcsur.ops.pipeline import run_pipeline
+
+    spec = load_job(args.job)
+    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    return run_pipeline(spec, args.job, ranks=args.ranks, workers=args.workers, backend=args.backend, stages=stages)

@@ -1,0 +1,106 @@
+"""The closure autoencoder: find closure variables z_hat so that z = (phi*, z_hat) is closed.
+
+Encoder and decoder (Chen & Li, Sec. 3.1)::
+
+    phi(x) = ( phi*(x), phi_hat(x) ) in R^d,   phi_hat = MLP((x - mu) / sigma),   d = n_obs + closure
+    psi(z) = mu + sigma * MLP((z - m_z) / s_z)                  (the decoder sees all of z)
+
+phi* is the system's analytic observable (no parameters); mu, sigma are per-coordinate statistics
+of the training frames and m_z, s_z scale the observable part of z for the decoder (closure
+coordinates are used as they come). The loss is
+
+    L_AE = L_rec + lambda_cond L_cond
+    L_rec  = mean over frames and coordinates of ((x - psi(phi(x))) / sigma)^2
+    L_cond = mean over frames of (kappa(J J^T) - 1)^2,   J = d phi / d x in R^{d x N}
+
+where kappa = lambda_max / lambda_min of the symmetric positive (semi-)definite d x d matrix J J^T,
+taken from ``eigvalsh`` (no SVD of J). Theorem 1 of the paper bounds L_z between b1 (L_x + C)
+and b2 (L_x + C) with [b1, b2] the spectrum of J J^T, which is why kappa -> 1 helps. With
+``cond_rows = "closure"`` only the closure rows of J enter kappa (the reference does this for LJ).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+from torch.func import jacrev, vmap
+
+from hpcsur.learn.nets import mlp
+from hpcsur.learn.observables import Observable
+
+
+@dataclass(frozen=True)
+class AutoencoderShape:
+    """Everything needed to rebuild the architecture (stored in checkpoints)."""
+
+    n_state: int
+    n_obs: int
+    latent_dim: int
+    hidden: tuple[int, ...]
+    activation: str
+
+    @property
+    def closure_dim(self) -> int:
+        return self.latent_dim - self.n_obs
+
+
+class ClosureAutoencoder(nn.Module):
+    """phi = (phi*, phi_hat) and psi (see the module docstring). Buffers hold the normalisation."""
+
+    def __init__(self, shape: AutoencoderShape, observable: Observable):
+        super().__init__()
+        self.shape, self.observable = shape, observable
+        hidden = list(shape.hidden)
+        self.encoder_net = mlp([shape.n_state] + hidden + [shape.closure_dim], shape.activation)
+        self.decoder_net = mlp([shape.latent_dim] + hidden[::-1] + [shape.n_state], shape.activation)
+        self.register_buffer("x_mean", torch.zeros(shape.n_state))
+        self.register_buffer("x_std", torch.ones(shape.n_state))
+        self.register_buffer("obs_mean", torch.zeros(shape.n_obs))
+        self.register_buffer("obs_std", torch.ones(shape.n_obs))
+
+    def set_normalisation(self, x_mean, x_std, obs_mean, obs_std) -> None:
+        for name, value in (("x_mean", x_mean), ("x_std", x_std), ("obs_mean", obs_mean), ("obs_std", obs_std)):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=getattr(self, name).dtype))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """z = phi(x) = (phi*(x), phi_hat(x)), shape (..., d)."""
+        closure = self.encoder_net((x - self.x_mean) / self.x_std)
+        return torch.cat([self.observable(x), closure], dim=-1)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """x_hat = psi(z), shape (..., N)."""
+        k = self.shape.n_obs
+        scaled = torch.cat([(z[..., :k] - self.obs_mean) / self.obs_std, z[..., k:]], dim=-1)
+        return self.x_mean + self.x_std * self.decoder_net(scaled)
+
+    def jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """J = d phi / d x for a batch, shape (B, d, N) (reverse mode, d backward passes per frame)."""
+        return vmap(jacrev(self.encode))(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.decode(self.encode(x))
+
+
+def condition_number(j: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """kappa(J J^T) = lambda_max / lambda_min per frame, from the eigenvalues of the d x d Gram matrix."""
+    gram = j @ j.transpose(-1, -2)
+    lam = torch.linalg.eigvalsh(gram)
+    return lam[..., -1] / lam[..., 0].clamp_min(eps)
+
+
+def autoencoder_loss(model: ClosureAutoencoder, x: torch.Tensor, lambda_cond: float,
+                     cond_rows: str = "all") -> tuple[torch.Tensor, dict[str, float]]:
+    """L_AE = L_rec + lambda_cond L_cond on a batch; also returns the parts for logging."""
+    z = model.encode(x)
+    rec = (((x - model.decode(z)) / model.x_std) ** 2).mean()
+    if lambda_cond > 0:
+        j = model.jacobian(x)
+        if cond_rows == "closure":
+            j = j[:, model.shape.n_obs:]
+        cond = ((condition_number(j) - 1.0) ** 2).mean()
+        loss = rec + lambda_cond * cond
+    else:
+        cond = torch.zeros((), dtype=x.dtype)
+        loss = rec
+    return loss, {"rec": float(rec.detach()), "cond": float(cond.detach())}

@@ -1,0 +1,343 @@
+"""Streaming training data from a sharded store, with a bounded memory footprint.
+
+**Selections.** Stored frames are trajectory-major (global frame g = traj * F + j) and the split is
+by trajectory (the last ``test`` trajectories test, the ``validation`` before them select models,
+the rest train), so every selection is one contiguous range of global frames ``[g0, g1)``:
+"the first K training configurations" is ``[0, K)`` as in the reference.
+
+**Epochs.** For epoch e the shards that intersect the selection are permuted by (seed, e) --
+identically on every worker, without communication -- and dealt round robin, so the workers read
+disjoint shards (:func:`hpcsur.store.rank_shards`). Every worker takes the same number of steps,
+``steps_per_epoch = min_r floor(frames_r / B)``, a pure function of the plan, so collective
+gradient averaging never waits on a worker that ran out of data.
+
+**Shuffling.** Frames pass through a shuffle buffer of at most ``capacity`` frames: once full, a
+batch is B frames drawn uniformly from it (a generator keyed by (seed, epoch, rank)), and the next
+shard refills it. The order of batches is therefore a pure function of (seed, epoch, rank, size),
+whatever the number of reader processes, and a run resumed at step s of an epoch replays the same
+stream and skips the first s batches.
+
+**Memory.** ``memory_mb`` bounds what a worker holds: the shuffle buffer plus the shards in flight
+(``prefetch`` + 1). When the whole selection fits in half the budget it is read once and kept
+(many epochs over small encoded data should not re-read the store); otherwise shards stream from
+disk every epoch, read ahead by a thread or by ``loader_workers`` DataLoader processes started with
+*spawn* (zarr v3 under fork can deadlock), each opening the store itself.
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+
+from hpcsur.errors import InputError
+from hpcsur.store import open_dataset, rank_shards
+
+MiB = 2 ** 20
+
+
+# ----------------------------------------------------------------------------- selections
+@dataclass(frozen=True)
+class Split:
+    """Trajectory ranges of the train / validation / test sets of a store."""
+
+    n_traj: int
+    frames_per_traj: int
+    validation: int
+    test: int
+
+    @property
+    def train_trajectories(self) -> int:
+        return self.n_traj - self.validation - self.test
+
+    def frames(self, which: str) -> tuple[int, int]:
+        """Global frame range ``[g0, g1)`` of ``which`` in {"train", "validation", "test"}."""
+        F, t = self.frames_per_traj, self.train_trajectories
+        ranges = {"train": (0, t), "validation": (t, t + self.validation), "test": (t + self.validation, self.n_traj)}
+        a, b = ranges[which]
+        return a * F, b * F
+
+    def trajectories(self, which: str) -> range:
+        g0, g1 = self.frames(which)
+        return range(g0 // self.frames_per_traj, g1 // self.frames_per_traj)
+
+
+def split_of(dataset, validation: int, test: int) -> Split:
+    split = Split(dataset.schema.n_traj, dataset.schema.frames_per_traj, validation, test)
+    if split.train_trajectories < 1:
+        raise InputError(f"[split] validation + test = {validation + test} leaves no training trajectory of "
+                         f"{dataset.schema.n_traj}")
+    return split
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Frames ``[start, stop)`` (offsets inside the shard) of shard ``shard``."""
+
+    shard: int
+    start: int
+    stop: int
+
+    @property
+    def frames(self) -> int:
+        return self.stop - self.start
+
+
+def pieces(frame_range: tuple[int, int], frames_per_shard: int) -> dict[int, Piece]:
+    """The shards intersecting ``[g0, g1)`` and which of their frames are selected."""
+    g0, g1 = frame_range
+    if not 0 <= g0 < g1:
+        raise InputError(f"frame selection [{g0}, {g1}) is empty")
+    S = frames_per_shard
+    out = {}
+    for s in range(g0 // S, (g1 - 1) // S + 1):
+        out[s] = Piece(s, max(g0, s * S) - s * S, min(g1, (s + 1) * S) - s * S)
+    return out
+
+
+def epoch_pieces(selection: dict[int, Piece], rank: int, size: int, epoch: int, seed: int) -> list[Piece]:
+    """This worker's pieces for ``epoch``, in reading order."""
+    return [selection[s] for s in rank_shards(sorted(selection), rank, size, epoch, seed)]
+
+
+def steps_per_epoch(selection: dict[int, Piece], size: int, epoch: int, seed: int, batch: int) -> int:
+    """min over workers of floor(frames / batch): the steps every worker takes this epoch."""
+    counts = [sum(p.frames for p in epoch_pieces(selection, r, size, epoch, seed)) for r in range(size)]
+    return min(counts) // batch
+
+
+# ----------------------------------------------------------------------------- shuffle buffer
+class ShuffleBuffer:
+    """At most ``capacity`` frames of several arrays; ``take(B)`` removes B uniformly drawn frames."""
+
+    def __init__(self, capacity: int, rng: np.random.Generator):
+        self.capacity, self.rng, self.n = int(capacity), rng, 0
+        self.data: dict[str, np.ndarray] | None = None
+
+    def free(self) -> int:
+        return self.capacity - self.n
+
+    def put(self, block: dict[str, np.ndarray], start: int, stop: int) -> None:
+        """Append frames ``[start, stop)`` of ``block`` (the caller keeps them within ``free()``)."""
+        if self.data is None:
+            self.data = {k: np.empty((self.capacity, *v.shape[1:]), v.dtype) for k, v in block.items()}
+        count = stop - start
+        for k, v in block.items():
+            self.data[k][self.n:self.n + count] = v[start:stop]
+        self.n += count
+
+    def take(self, count: int) -> dict[str, np.ndarray]:
+        """Remove ``count`` frames chosen uniformly without replacement; the tail fills the holes."""
+        chosen = self.rng.choice(self.n, size=count, replace=False)
+        out = {k: v[chosen] for k, v in self.data.items()}
+        tail_start = self.n - count
+        holes = np.sort(chosen[chosen < tail_start])
+        kept_tail = np.setdiff1d(np.arange(tail_start, self.n), chosen, assume_unique=True)
+        for v in self.data.values():
+            v[holes] = v[kept_tail]
+        self.n -= count
+        return out
+
+
+# ----------------------------------------------------------------------------- shard sources
+class _ShardReaderDataset(torch.utils.data.IterableDataset):
+    """Yields (piece, arrays) for a list of pieces; DataLoader workers split the list i::W and the
+    loader interleaves them round robin, which restores the list order exactly."""
+
+    def __init__(self, path: str, names: Sequence[str], piece_list: list[Piece]):
+        super().__init__()
+        self.path, self.names, self.piece_list = str(path), list(names), piece_list
+
+    def __iter__(self):
+        info = torch.utils.data.get_worker_info()
+        mine = self.piece_list if info is None else self.piece_list[info.id::info.num_workers]
+        dataset = open_dataset(self.path)  # opened inside the worker process
+        for piece in mine:
+            yield piece.shard, dataset.shard(piece.shard, self.names)
+
+
+def _read_pieces_thread(path, names, piece_list, prefetch) -> Iterator[tuple[int, dict]]:
+    """Read shards in a background thread, at most ``prefetch`` ahead of the consumer."""
+    q: queue.Queue = queue.Queue(maxsize=prefetch)
+    stop = threading.Event()
+    done = object()
+
+    def work():
+        try:
+            dataset = open_dataset(path)
+            for piece in piece_list:
+                if stop.is_set():
+                    return
+                q.put((piece.shard, dataset.shard(piece.shard, names)))
+        except BaseException as exc:  # surfaced in the consumer
+            q.put(exc)
+            return
+        q.put(done)
+
+    thread = threading.Thread(target=work, daemon=True, name="hpcsur-prefetch")
+    thread.start()
+    try:
+        while True:
+            item = q.get()
+            if item is done:
+                return
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()
+        while thread.is_alive():  # unblock a producer waiting on a full queue
+            try:
+                q.get_nowait()
+            except queue.Empty:
+                thread.join(0.05)
+
+
+# ----------------------------------------------------------------------------- the stream
+class BatchStream:
+    """Mini-batches of selected frames for one worker (see the module docstring).
+
+    ``stream.batches(epoch)`` yields exactly ``stream.steps(epoch)`` dicts of torch tensors.
+    """
+
+    def __init__(self, path: str, names: Sequence[str], frame_range: tuple[int, int], batch: int,
+                 rank: int = 0, size: int = 1, seed: int = 0, memory_mb: float = 1024.0,
+                 shuffle_buffer: int = 8192, prefetch: int = 2, loader_workers: int = 0,
+                 dtype: torch.dtype = torch.float32, shuffle: bool = True):
+        self.path, self.names = str(path), list(names)
+        self.rank, self.size, self.seed, self.batch = rank, size, seed, int(batch)
+        self.dtype, self.shuffle, self.prefetch, self.loader_workers = dtype, shuffle, prefetch, loader_workers
+        dataset = open_dataset(self.path)
+        schema = dataset.schema
+        missing = [n for n in self.names if n not in schema.arrays()]
+        if missing:
+            raise InputError(f"store {self.path}: has no array {missing[0]!r} (arrays: {', '.join(schema.arrays())})")
+        incomplete = set(pieces(frame_range, schema.frames_per_shard)) - dataset.completed_shards()
+        if incomplete:
+            raise InputError(f"store {self.path}: shard {min(incomplete)} is incomplete; finish the stage that "
+                             "writes it (run it again with --resume)")
+        self.selection = pieces(frame_range, schema.frames_per_shard)
+        self.n_frames = frame_range[1] - frame_range[0]
+        specs = schema.arrays()
+        self.bytes_per_frame = sum(specs[n].bytes_per_frame for n in self.names)
+        shard_bytes = self.bytes_per_frame * schema.frames_per_shard
+        budget = memory_mb * MiB
+        in_flight = (prefetch + 1 + loader_workers) * shard_bytes
+        self.cache: dict[int, dict[str, np.ndarray]] | None = None
+        cache_bytes = self.n_frames * self.bytes_per_frame
+        room = budget - (cache_bytes if 2 * cache_bytes <= budget else in_flight)
+        self.capacity = int(min(shuffle_buffer, max(room, 0) // self.bytes_per_frame))
+        if self.capacity < self.batch:
+            need = (in_flight + self.batch * self.bytes_per_frame) / MiB
+            raise InputError(f"[train] memory_mb = {memory_mb:g} is too small for batch {self.batch}: streaming needs "
+                             f"at least {need:.1f} MB ({prefetch + 1 + loader_workers} shards of "
+                             f"{shard_bytes / MiB:.1f} MB in flight + one batch)")
+        if 2 * cache_bytes <= budget:
+            self.cache = {s: dataset.shard(s, self.names) for s in sorted(self.selection)}
+
+    # -- plan ----------------------------------------------------------------------------------
+    def pieces(self, epoch: int) -> list[Piece]:
+        return epoch_pieces(self.selection, self.rank, self.size, epoch, self.seed)
+
+    def steps(self, epoch: int) -> int:
+        return steps_per_epoch(self.selection, self.size, epoch, self.seed, self.batch)
+
+    @property
+    def streaming(self) -> bool:
+        return self.cache is None
+
+    # -- reading -------------------------------------------------------------------------------
+    def _blocks(self, piece_list: list[Piece]) -> Iterator[tuple[Piece, dict[str, np.ndarray]]]:
+        by_shard = {p.shard: p for p in piece_list}
+        if self.cache is not None:
+            source = ((p.shard, self.cache[p.shard]) for p in piece_list)
+        elif self.loader_workers > 0:
+            loader = torch.utils.data.DataLoader(
+                _ShardReaderDataset(self.path, self.names, piece_list), batch_size=None,
+                num_workers=self.loader_workers, multiprocessing_context="spawn", prefetch_factor=self.prefetch)
+            source = ((s, {k: np.asarray(v) for k, v in arrays.items()}) for s, arrays in loader)
+        else:
+            source = _read_pieces_thread(self.path, self.names, piece_list, self.prefetch)
+        for shard, arrays in source:
+            yield by_shard[int(shard)], arrays
+
+    def _to_torch(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        return {k: torch.from_numpy(v).to(self.dtype) if v.dtype.kind == "f" else torch.from_numpy(v)
+                for k, v in arrays.items()}
+
+    def batches(self, epoch: int, skip: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+        """The batches of ``epoch``; the first ``skip`` are produced but not yielded (resume)."""
+        steps = self.steps(epoch)
+        if steps == 0:
+            return
+        rng = np.random.default_rng([self.seed, epoch, self.rank, 0x5EED])
+        buf = ShuffleBuffer(self.capacity, rng)
+        produced = 0
+        blocks = self._blocks(self.pieces(epoch))
+        try:
+            for piece, arrays in blocks:
+                offset = piece.start
+                while offset < piece.stop:
+                    count = min(buf.free(), piece.stop - offset)
+                    buf.put(arrays, offset, offset + count)
+                    offset += count
+                    while buf.free() == 0 and produced < steps:
+                        out = self._draw(buf)
+                        produced += 1
+                        if produced > skip:
+                            yield self._to_torch(out)
+                    if produced == steps:
+                        return
+            while produced < steps:  # drain: the buffer holds at least one more batch
+                out = self._draw(buf)
+                produced += 1
+                if produced > skip:
+                    yield self._to_torch(out)
+        finally:
+            blocks.close()
+
+    def all_frames(self) -> Iterator[dict[str, torch.Tensor]]:
+        """Every frame of this worker's share (epoch-0 shards), in order, in batches (the last may be
+        smaller): for validation and evaluation, where no frame may be dropped."""
+        for piece, arrays in self._blocks(self.pieces(0)):
+            for a in range(piece.start, piece.stop, self.batch):
+                b = min(a + self.batch, piece.stop)
+                yield self._to_torch({k: v[a:b] for k, v in arrays.items()})
+
+    def _draw(self, buf: ShuffleBuffer) -> dict[str, np.ndarray]:
+        if self.shuffle:
+            return buf.take(self.batch)
+        out = {k: v[:self.batch].copy() for k, v in buf.data.items()}  # first in, first out
+        for v in buf.data.values():
+            v[:buf.n - self.batch] = v[self.batch:buf.n].copy()
+        buf.n -= self.batch
+        return out
+
+
+# ----------------------------------------------------------------------------- statistics
+def frame_moments(path: str, name: str, frame_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-component mean and standard deviation (ddof = 1) of array ``name`` over ``[g0, g1)``,
+    streamed shard by shard in float64 (shifted by the first frame to avoid cancellation)."""
+    dataset = open_dataset(path)
+    shift, total, total2, count = None, None, None, 0
+    for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard).items()):
+        block = dataset.shard(s, [name])[name][piece.start:piece.stop].astype(np.float64)
+        if shift is None:
+            shift = block[0].copy()
+            total, total2 = np.zeros_like(shift), np.zeros_like(shift)
+        centred = block - shift
+        total += centred.sum(0)
+        total2 += (centred * centred).sum(0)
+        count += block.shape[0]
+    mean = total / count
+    var = (total2 - count * mean * mean) / max(count - 1, 1)
+    return shift + mean, np.sqrt(np.maximum(var, 0.0)), count
+
+
+def safe_std(std: np.ndarray, floor: float = 1e-8) -> np.ndarray:
+    """Standard deviations with constant components set to 1 (they carry no scale)."""
+    std = np.asarray(std, dtype=np.float64)
+    return np.where(std > floor * max(float(np.max(std)), 1.0), std, 1.0)

@@ -1,0 +1,141 @@
+"""The encode stage: with the autoencoder frozen, turn every stored frame into what the latent
+losses need (see :mod:`hpcsur.learn.losses` for the equations), and write it to an *encoded*
+dataset with the same frames and shards as its source.
+
+Per frame, in float64: z = phi(x); J = phi'(x) (reverse mode); C = chol(J J^T); the rows
+(J^+)_I = J_I^T (J J^T)^{-1} of the chosen coordinates (I's blocks, m coordinates each) and their
+least-squares triple (R, y, r2) for L_x,p; the unbiased estimate (n/k) J_I f_I of J f (it sets the
+output scale of models trained without full forces); and with full labels J f (L_z) and the
+triple of L_x. The N x d pseudo-inverse is never formed and J is never factorised by an SVD.
+
+Parallel over MPI ranks by shard: shard s is encoded and written by rank s % size only (the
+store's one-writer rule), so any number of ranks gives the same bytes. Completion records make
+``--resume`` redo only unfinished shards.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from hpcsur import store as zstore
+from hpcsur.errors import InputError
+from hpcsur.learn.autoencoder import ClosureAutoencoder
+from hpcsur.learn.losses import full_triple, gram_cholesky, partial_pinv_rows, residual_triple
+from hpcsur.log import Progress
+from hpcsur.systems.base import Layout
+
+log = logging.getLogger("hpcsur.encode")
+
+#: Frames whose Jacobians are held at once are capped at this many bytes.
+JACOBIAN_BYTES = 64 * 2 ** 20
+
+
+def layout_of(attrs: dict) -> Layout:
+    lay = attrs["layout"]
+    return Layout(int(lay["block_size"]), int(lay["n_blocks"]), tuple(lay["fields"]))
+
+
+def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.ndarray, f_partial: np.ndarray,
+                 f_full: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """The encoded arrays of a block of frames (float64 throughout)."""
+    frames, n_state = x.shape
+    d = ae.shape.latent_dim
+    k = idx.shape[1]
+    scale = layout.n_blocks / k  # 1/p with p = k/n exactly
+    chunk = max(1, JACOBIAN_BYTES // (8 * d * n_state))
+    out = {name: [] for name in ("z", "lxp_R", "lxp_y", "lxp_r2", "jf_est")}
+    if f_full is not None:
+        out.update({name: [] for name in ("jf", "lx_R", "lx_y", "lx_r2")})
+    with torch.no_grad():
+        for a in range(0, frames, chunk):
+            b = min(a + chunk, frames)
+            xt = torch.from_numpy(np.ascontiguousarray(x[a:b], dtype=np.float64))
+            z = ae.encode(xt)
+            with torch.enable_grad():
+                j = ae.jacobian(xt).detach()
+            chol = gram_cholesky(j)
+            cols = torch.from_numpy(np.stack([layout.coordinates(i).reshape(-1) for i in idx[a:b]]))
+            f_i = torch.from_numpy(np.ascontiguousarray(f_partial[a:b], dtype=np.float64).reshape(b - a, -1))
+            rows = partial_pinv_rows(j, cols, chol)
+            r, y, r2 = residual_triple(rows, f_i)
+            j_i = torch.gather(j, -1, cols.unsqueeze(-2).expand(b - a, d, cols.shape[-1]))
+            out["z"].append(z)
+            out["lxp_R"].append(r)
+            out["lxp_y"].append(y)
+            out["lxp_r2"].append(r2)
+            out["jf_est"].append(scale * (j_i @ f_i.unsqueeze(-1)).squeeze(-1))
+            if f_full is not None:
+                f = torch.from_numpy(np.ascontiguousarray(f_full[a:b], dtype=np.float64))
+                r_x, y_x, r2_x, jf = full_triple(j, f, chol)
+                out["jf"].append(jf)
+                out["lx_R"].append(r_x)
+                out["lx_y"].append(y_x)
+                out["lx_r2"].append(r2_x)
+    return {name: torch.cat(parts).numpy() for name, parts in out.items()}
+
+
+def model_digest(state_dict: dict) -> str:
+    """A short hash of a model's parameters and buffers (ties an encoding to its autoencoder)."""
+    h = hashlib.sha256()
+    for name in sorted(state_dict):
+        h.update(name.encode())
+        h.update(state_dict[name].detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume: bool = False,
+                 show_progress: bool = True) -> dict:
+    """Encode every frame of ``source`` into ``target`` (all ranks of ``comm`` call this)."""
+    rank, size = comm.Get_rank(), comm.Get_size()
+    ae = ae.double().eval()
+    src = zstore.open_dataset(source)
+    missing = src.schema.n_shards - len(src.completed_shards())
+    if missing:
+        raise InputError(f"store {source}: {missing} shard(s) incomplete; finish `hpcsur generate --resume` first")
+    digest = model_digest(ae.state_dict())
+    attrs = {key: src.attrs[key] for key in zstore.REQUIRED_ATTRS}
+    attrs.update({"source": str(Path(source).resolve()), "source_spec_hash": src.attrs["spec_hash"],
+                  "autoencoder": digest, "latent_dim": ae.shape.latent_dim, "n_obs": ae.shape.n_obs,
+                  "observables": src.attrs.get("observables", []), "k": src.schema.k,
+                  "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"])})
+    schema = src.schema.encoded(ae.shape.latent_dim)
+    error, lock = None, None
+    if rank == 0:
+        try:
+            lock = zstore.acquire_lock(target)
+            if zstore.exists(target) and not resume:
+                raise InputError(f"{target}: an encoded store already exists; pass --resume to continue it")
+            zstore.create_dataset(target, schema, attrs, resume=True)
+        except InputError as err:
+            error = str(err)
+            if lock is not None:
+                lock.release()
+    error = comm.bcast(error, root=0)
+    if error:
+        if "cannot resume" in error:
+            error += " (it was encoded with another autoencoder or source; remove it to re-encode)"
+        raise InputError(error)
+    comm.Barrier()
+    layout = layout_of(src.attrs)
+    writer = zstore.ShardWriter(target, rank, size)
+    todo = writer.todo()
+    total = comm.allreduce(len(todo))
+    progress = Progress(total * schema.frames_per_shard, unit="frames", label="encode",
+                        enabled=show_progress and rank == 0)
+    names = ["x", "idx", "f_partial", "t", "traj"] + (["f_full"] if schema.full_labels else [])
+    for s in todo:
+        block = src.shard(s, names)
+        encoded = encode_block(ae, layout, block["x"], block["idx"], block["f_partial"], block.get("f_full"))
+        writer.write(s, {"t": block["t"], "traj": block["traj"], **encoded})
+        progress.update(schema.frames_per_shard * size)
+    progress.close()
+    comm.Barrier()
+    summary = None
+    if rank == 0:
+        summary = zstore.consolidate(target)
+        lock.release()
+    return comm.bcast(summary, root=0)

@@ -1,0 +1,176 @@
+"""Latent ODE models dz/dt = g_theta(z), selected by name (``[latent] model``).
+
+All models act on normalised coordinates (``LatentDynamics`` maps raw z to raw dz/dt):
+
+* ``mlp``         g(z) = MLP(z).
+* ``onsagernet``  g(z) = -(M(z) + W(z) + alpha I) grad V(z) + F(z)   (Yu et al.; Chen & Li App. C)
+                  M = L L^T (symmetric positive semi-definite, L lower triangular from a network),
+                  W = U - U^T (antisymmetric, U strictly upper triangular from the same network),
+                  V(z) = 1/2 |P(z) + Gamma z|^2 + beta |z|^2 (bounded below), alpha = 0.1, beta = 0.1,
+                  F an optional learned forcing. Without forcing
+                  dV/dt = grad V . g = -grad V^T (M + alpha I) grad V <= 0: the potential cannot increase.
+* ``gfinn``       g(z) = L(z) grad E(z) + M(z) grad S(z)   (GENERIC; Zhang, Shin & Karniadakis)
+                  with the degeneracy conditions L grad S = 0 and M grad E = 0 built in exactly:
+                  L = P_S A P_S (A antisymmetric from a network, P_S = I - s s^T, s = grad S / |grad S|)
+                  M = P_E B B^T P_E (P_E = I - e e^T, e = grad E / |grad E|), so L is antisymmetric,
+                  M symmetric positive semi-definite, dE/dt = 0 and dS/dt >= 0 to round-off.
+                  (The reference builds L and M from K skew matrices xi_k; the projections give the
+                  same structure with the conditions exact rather than approximate.)
+
+Gradients of V, E, S are taken with autograd inside ``forward``; in training the graph is kept
+(``create_graph``) so the parameters get gradients through them.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from hpcsur.errors import InputError
+from hpcsur.learn.nets import mlp
+
+ALPHA, BETA = 0.1, 0.1
+
+
+def input_gradient(scalar_fn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(value, d value / d z) of a per-sample scalar function, differentiable when grad is enabled."""
+    keep_graph = torch.is_grad_enabled()
+    with torch.enable_grad():
+        zz = z if z.requires_grad else z.detach().requires_grad_(True)
+        value = scalar_fn(zz)
+        (grad,) = torch.autograd.grad(value.sum(), zz, create_graph=keep_graph)
+    return value, grad
+
+
+class MLPDynamics(nn.Module):
+    def __init__(self, d: int, hidden: list[int], activation: str = "relu"):
+        super().__init__()
+        self.net = mlp([d] + list(hidden) + [d], activation)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)
+
+
+class OnsagerNet(nn.Module):
+    def __init__(self, d: int, hidden: list[int], activation: str = "tanh", forcing: bool = False):
+        super().__init__()
+        self.d = d
+        self.potential_net = mlp([d] + list(hidden) + [d], activation)
+        self.gamma = nn.Linear(d, d, bias=False)
+        self.matrix_net = mlp([d] + list(hidden) + [d * d], activation, gain=0.1)
+        self.forcing_net = mlp([d] + list(hidden) + [d], activation, gain=0.1) if forcing else None
+
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """V(z) = 1/2 |P(z) + Gamma z|^2 + beta |z|^2 >= 0."""
+        return 0.5 * ((self.potential_net(z) + self.gamma(z)) ** 2).sum(-1) + BETA * (z * z).sum(-1)
+
+    def operators(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, W): symmetric PSD and antisymmetric d x d matrices per sample."""
+        a = self.matrix_net(z).reshape(*z.shape[:-1], self.d, self.d)
+        lower = torch.tril(a)
+        upper = torch.triu(a, diagonal=1)
+        return lower @ lower.transpose(-1, -2), upper - upper.transpose(-1, -2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _, grad_v = input_gradient(self.potential, z)
+        m, w = self.operators(z)
+        out = -((m + w) @ grad_v.unsqueeze(-1)).squeeze(-1) - ALPHA * grad_v
+        if self.forcing_net is not None:
+            out = out + self.forcing_net(z)
+        return out
+
+
+def _projector(g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
+    """I - u u^T with u = g / |g| (the orthogonal projector onto the complement of g), per sample."""
+    u = g / torch.sqrt((g * g).sum(-1, keepdim=True) + eps)
+    eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
+    return eye - u.unsqueeze(-1) * u.unsqueeze(-2)
+
+
+class GFINN(nn.Module):
+    def __init__(self, d: int, hidden: list[int], activation: str = "tanh", rank: int | None = None):
+        super().__init__()
+        self.d, self.k = d, rank or d
+        self.energy_net = mlp([d] + list(hidden) + [1], activation)
+        self.entropy_net = mlp([d] + list(hidden) + [1], activation)
+        self.skew_net = mlp([d] + list(hidden) + [d * d], activation, gain=0.1)
+        self.friction_net = mlp([d] + list(hidden) + [d * self.k], activation, gain=0.1)
+
+    def energy(self, z):
+        return self.energy_net(z).squeeze(-1)
+
+    def entropy(self, z):
+        return self.entropy_net(z).squeeze(-1)
+
+    def operators(self, z, grad_e, grad_s) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, M) with L antisymmetric, L grad S = 0; M symmetric PSD, M grad E = 0."""
+        a = self.skew_net(z).reshape(*z.shape[:-1], self.d, self.d)
+        b = self.friction_net(z).reshape(*z.shape[:-1], self.d, self.k)
+        p_s, p_e = _projector(grad_s), _projector(grad_e)
+        skew = a - a.transpose(-1, -2)
+        return p_s @ skew @ p_s, p_e @ b @ b.transpose(-1, -2) @ p_e
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _, grad_e = input_gradient(self.energy, z)
+        _, grad_s = input_gradient(self.entropy, z)
+        l_op, m_op = self.operators(z, grad_e, grad_s)
+        return (l_op @ grad_e.unsqueeze(-1) + m_op @ grad_s.unsqueeze(-1)).squeeze(-1)
+
+
+MODELS = {"mlp": MLPDynamics, "onsagernet": OnsagerNet, "gfinn": GFINN}
+
+
+@dataclass(frozen=True)
+class LatentShape:
+    """Everything needed to rebuild a latent model (stored in checkpoints)."""
+
+    model: str
+    latent_dim: int
+    hidden: tuple[int, ...]
+    activation: str
+    forcing: bool = False
+
+    def build(self) -> nn.Module:
+        if self.model not in MODELS:
+            raise InputError(f"latent model {self.model!r} is not known; choose one of: {', '.join(MODELS)}")
+        kwargs = {"forcing": self.forcing} if self.model == "onsagernet" else {}
+        return MODELS[self.model](self.latent_dim, list(self.hidden), self.activation, **kwargs)
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "hidden": list(self.hidden)}
+
+
+class LatentDynamics(nn.Module):
+    """Raw latent velocity dz/dt = g(z) = s_t * net((z - m_z) / s_z) + m_t (statistics as buffers)."""
+
+    def __init__(self, shape: LatentShape):
+        super().__init__()
+        self.shape = shape
+        self.net = shape.build()
+        d = shape.latent_dim
+        for name, value in (("z_mean", 0.0), ("z_std", 1.0), ("t_mean", 0.0), ("t_std", 1.0)):
+            self.register_buffer(name, torch.full((d,), value))
+
+    def set_normalisation(self, z_mean, z_std, t_mean, t_std) -> None:
+        for name, value in (("z_mean", z_mean), ("z_std", z_std), ("t_mean", t_mean), ("t_std", t_std)):
+            getattr(self, name).copy_(torch.as_tensor(value, dtype=getattr(self, name).dtype))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.t_std * self.net((z - self.z_mean) / self.z_std) + self.t_mean
+
+
+def rk4_rollout(g, z0: torch.Tensor, dt: float, steps: int, every: int = 1) -> torch.Tensor:
+    """Classical RK4 for dz/dt = g(z) from z0 (batch, d); returns every ``every``-th state,
+    shape (steps // every + 1, batch, d), starting with z0. No graph is kept between steps."""
+    out = [z0.detach()]
+    z = z0.detach()
+    for n in range(1, steps + 1):
+        k1 = g(z)
+        k2 = g(z + 0.5 * dt * k1)
+        k3 = g(z + 0.5 * dt * k2)
+        k4 = g(z + dt * k3)
+        z = (z + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)).detach()
+        if n % every == 0:
+            out.append(z)
+    return torch.stack(out)

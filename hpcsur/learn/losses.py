@@ -1,0 +1,103 @@
+"""The three latent losses and the per-frame quantities they need.
+
+Notation (per frame): x in R^N, f = dx/dt, z = phi(x) in R^d, J = phi'(x) in R^{d x N} with full row
+rank, G = J J^T = C C^T (Cholesky), g = g_theta(z) the model's latent velocity, I the chosen blocks
+(k of n, each with m coordinates; ``cols`` their km flat coordinates), p = k / n.
+
+    L_z   = mean ||J f - g||^2                                      (paper Eq. 9)
+    L_x   = mean ||f - J^+ g||^2,      J^+ = J^T G^{-1}              (Eq. 10)
+    L_x,p = mean (1/p) ||f_I - (J^+)_I g||^2                        (Eq. 12)
+
+**Convention for L_x,p**: sums over coordinates (not means), with the factor 1/p explicit, p = k/n
+the exact fraction of blocks drawn. Each block is in I with probability p (I is drawn uniformly
+without replacement), so E_I[(1/p) sum_{j in I} e_j] = sum_j e_j: the expectation of L_x,p over
+I equals L_x (Eq. 13). (The reference code divides both by the number of entries instead, which
+hides the 1/p.)
+
+**Least-squares form.** Every loss is ||y - R g||^2 + r2 for a per-frame triple (R, y, r2) that
+does not depend on g:
+
+* L_x,p: P = (J^+)_I = J_I^T G^{-1} in R^{km x d} (only the rows the loss needs -- never the
+  N x d pseudo-inverse, never an SVD of J). With the thin QR P = Q R:
+  ||f_I - P g||^2 = ||Q^T f_I - R g||^2 + ||f_I - Q Q^T f_I||^2, so y = Q^T f_I, r2 = the residual.
+* L_x: J^+ = J^T C^{-T} C^{-1} and Q0 = J^T C^{-T} has orthonormal columns, so
+  ||f - J^+ g||^2 = ||C^{-1} J f - C^{-1} g||^2 + (||f||^2 - ||C^{-1} J f||^2):  R = C^{-1}, y = R J f.
+* L_z: R = I, y = J f, r2 = 0.
+
+So a frame's training data is d + d^2 + 1 numbers whatever N and |I| are (the reference stores the
+km x d rows of J^+ per frame: 4 GB for its Allen-Cahn run), the loss needs no N-sized work, and it
+is evaluated without cancellation (no expansion of the square).
+"""
+from __future__ import annotations
+
+import torch
+
+
+def gram_cholesky(j: torch.Tensor) -> torch.Tensor:
+    """C with C C^T = J J^T (batched, lower triangular)."""
+    return torch.linalg.cholesky(j @ j.transpose(-1, -2))
+
+
+def partial_pinv_rows(j: torch.Tensor, cols: torch.Tensor, chol: torch.Tensor | None = None) -> torch.Tensor:
+    """(J^+)_I = J_I^T (J J^T)^{-1}: the rows ``cols`` of the pseudo-inverse, shape (..., km, d).
+
+    ``j`` (..., d, N), ``cols`` (..., km) integer coordinates. Costs O(N d^2) for the Gram matrix
+    (or nothing if ``chol`` is given) plus O(km d^2); the N x d pseudo-inverse is never formed.
+    """
+    chol = gram_cholesky(j) if chol is None else chol
+    j_cols = torch.gather(j, -1, cols.unsqueeze(-2).expand(*j.shape[:-1], cols.shape[-1]))
+    return torch.cholesky_solve(j_cols, chol).transpose(-1, -2)
+
+
+def residual_triple(p_rows: torch.Tensor, f_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(R, y, r2) with ||f - P g||^2 = ||y - R g||^2 + r2 for all g; R is (d, d), zero-padded when
+    P has fewer rows than columns. ``p_rows`` (..., q, d), ``f_rows`` (..., q)."""
+    q, d = p_rows.shape[-2:]
+    qm, r = torch.linalg.qr(p_rows, mode="reduced")           # (..., q, s), (..., s, d), s = min(q, d)
+    y = (qm.transpose(-1, -2) @ f_rows.unsqueeze(-1)).squeeze(-1)
+    r2 = ((f_rows - (qm @ y.unsqueeze(-1)).squeeze(-1)) ** 2).sum(-1)
+    if r.shape[-2] < d:
+        pad = d - r.shape[-2]
+        r = torch.cat([r, r.new_zeros(*r.shape[:-2], pad, d)], dim=-2)
+        y = torch.cat([y, y.new_zeros(*y.shape[:-1], pad)], dim=-1)
+    return r, y, r2
+
+
+def full_triple(j: torch.Tensor, f: torch.Tensor, chol: torch.Tensor | None = None):
+    """(R, y, r2) of L_x: R = C^{-1}, y = C^{-1} J f, r2 = ||f||^2 - |y|^2 (also returns J f)."""
+    chol = gram_cholesky(j) if chol is None else chol
+    eye = torch.eye(j.shape[-2], dtype=j.dtype, device=j.device).expand_as(chol)
+    r = torch.linalg.solve_triangular(chol, eye, upper=False)
+    jf = (j @ f.unsqueeze(-1)).squeeze(-1)
+    y = (r @ jf.unsqueeze(-1)).squeeze(-1)
+    r2 = ((f * f).sum(-1) - (y * y).sum(-1)).clamp_min(0.0)
+    return r, y, r2, jf
+
+
+def residual_loss(g: torch.Tensor, r: torch.Tensor, y: torch.Tensor, r2: torch.Tensor,
+                  weight: float = 1.0) -> torch.Tensor:
+    """Per-frame weight * (||y - R g||^2 + r2), shape (batch,)."""
+    res = y - (r.to(g.dtype) @ g.unsqueeze(-1)).squeeze(-1)
+    return weight * ((res * res).sum(-1) + r2.to(g.dtype))
+
+
+def loss_lz(g: torch.Tensor, jf: torch.Tensor) -> torch.Tensor:
+    """Per-frame ||J f - g||^2."""
+    return ((jf.to(g.dtype) - g) ** 2).sum(-1)
+
+
+def batch_loss(kind: str, g: torch.Tensor, batch: dict, p: float) -> torch.Tensor:
+    """Mean over the batch of L_z, L_x or L_x,p from the encoded arrays of the batch."""
+    if kind == "lz":
+        return loss_lz(g, batch["jf"]).mean()
+    if kind == "lx":
+        return residual_loss(g, batch["lx_R"], batch["lx_y"], batch["lx_r2"]).mean()
+    if kind == "lxp":
+        return residual_loss(g, batch["lxp_R"], batch["lxp_y"], batch["lxp_r2"], 1.0 / p).mean()
+    raise ValueError(f"unknown loss {kind!r}")
+
+
+#: The encoded arrays each loss reads.
+LOSS_ARRAYS = {"lz": ("jf",), "lx": ("lx_R", "lx_y", "lx_r2"), "lxp": ("lxp_R", "lxp_y", "lxp_r2")}
+#: The per-frame target whose statistics normalise the model output (an estimate of J f).
+TARGET_ARRAY = {"lz": "jf", "lx": "jf", "lxp": "jf_est"}

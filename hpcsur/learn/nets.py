@@ -1,0 +1,42 @@
+"""Small building blocks: activations and multilayer perceptrons with Xavier-uniform weights."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from hpcsur.errors import InputError
+
+
+class ReLU2(nn.Module):
+    """OnsagerNet's smooth-ish activation F(x) = ReLU(x)^2 - ReLU(x - 1/2)^2 (C^1, linear growth)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.relu(x) ** 2 - torch.relu(x - 0.5) ** 2
+
+
+_ACTIVATIONS = {"softplus": nn.Softplus, "tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU,
+                "silu": nn.SiLU, "relu2": ReLU2}
+
+
+def activation(name: str) -> nn.Module:
+    """A fresh activation module by name (see :data:`hpcsur.learn.config.ACTIVATIONS`)."""
+    try:
+        return _ACTIVATIONS[name]()
+    except KeyError:
+        raise InputError(f"activation {name!r} is not allowed; choose one of: {', '.join(_ACTIVATIONS)}") from None
+
+
+def mlp(widths: list[int], act: str, last_activation: bool = False, gain: float = 1.0) -> nn.Sequential:
+    """``widths[0] -> ... -> widths[-1]`` with ``act`` between layers (and after the last one if
+    ``last_activation``). Weights Xavier-uniform with ``gain``, biases zero."""
+    if len(widths) < 2 or any(w < 1 for w in widths):
+        raise InputError(f"mlp widths must be >= 2 positive sizes, got {widths}")
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths, widths[1:])):
+        linear = nn.Linear(a, b)
+        nn.init.xavier_uniform_(linear.weight, gain=gain)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(widths) - 2 or last_activation:
+            layers.append(activation(act))
+    return nn.Sequential(*layers)

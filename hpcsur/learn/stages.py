@@ -1,0 +1,230 @@
+"""The training stages: ``train-ae`` (closure autoencoder) and ``train-latent`` (g_theta per loss and seed).
+
+Run folder layout (``run_dir``)::
+
+    autoencoder/  checkpoint.pt  best.pt  curve.csv  done.json  normalisation.npz
+    encoded/      the encoded dataset (hpcsur.learn.encode)
+    latent/<loss>-s<seed>/  checkpoint.pt  best.pt  curve.csv  done.json
+
+Both stages stream from a store (:class:`hpcsur.learn.data.BatchStream`), average gradients over
+the backend's workers and resume from checkpoints (:func:`hpcsur.learn.train.fit`).
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from hpcsur.errors import InputError
+from hpcsur.learn import config as cfg
+from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoencoder_loss
+from hpcsur.learn.data import BatchStream, frame_moments, safe_std, split_of
+from hpcsur.learn.latent import LatentDynamics, LatentShape
+from hpcsur.learn.losses import LOSS_ARRAYS, TARGET_ARRAY, batch_loss
+from hpcsur.learn.observables import observable_from_attrs
+from hpcsur.learn.train import DONE, FitConfig, fit, load_best
+from hpcsur.store import open_dataset
+
+log = logging.getLogger("hpcsur.learn")
+
+
+class AutoencoderLoss(nn.Module):
+    """forward(batch) = (L_AE, parts) for the frames ``batch["x"]``."""
+
+    def __init__(self, model: ClosureAutoencoder, lambda_cond: float, cond_rows: str):
+        super().__init__()
+        self.model, self.lambda_cond, self.cond_rows = model, lambda_cond, cond_rows
+
+    def forward(self, batch):
+        return autoencoder_loss(self.model, batch["x"], self.lambda_cond, self.cond_rows)
+
+
+class LatentLoss(nn.Module):
+    """forward(batch) = (L_z | L_x | L_x,p, parts) of g = model(z) against the encoded arrays."""
+
+    def __init__(self, model: LatentDynamics, kind: str, p: float):
+        super().__init__()
+        self.model, self.kind, self.p = model, kind, p
+
+    def forward(self, batch):
+        return batch_loss(self.kind, self.model(batch["z"]), batch, self.p), {}
+
+
+def use_threads(train: cfg.Train) -> None:
+    """Pin torch's intra-op threads: several workers per node each using every core would thrash."""
+    torch.set_num_threads(train.threads)
+
+
+# ----------------------------------------------------------------------------- autoencoder
+def autoencoder_meta(shape: AutoencoderShape, source_hash: str, ae: cfg.Autoencoder) -> dict:
+    return {"kind": "autoencoder", "shape": {**asdict(shape), "hidden": list(shape.hidden)},
+            "source": source_hash, "lambda_cond": ae.lambda_cond, "cond_rows": ae.cond_rows}
+
+
+def autoencoder_shape(store_attrs: dict, ae: cfg.Autoencoder) -> AutoencoderShape:
+    n_state = int(store_attrs["layout"]["block_size"]) * int(store_attrs["layout"]["n_blocks"])
+    n_obs = len(store_attrs.get("observables", [])) or 1
+    if ae.latent_dim <= n_obs:
+        raise InputError(f"[autoencoder] latent_dim = {ae.latent_dim} is out of range; allowed: latent_dim > "
+                         f"{n_obs} (the observables plus at least one closure variable)")
+    return AutoencoderShape(n_state, n_obs, ae.latent_dim, tuple(ae.hidden), ae.activation)
+
+
+def _normalisation(store: str, train_range, out_dir: Path, backend) -> dict:
+    """Per-coordinate x statistics and observable statistics of the training frames (rank 0 computes
+    them once, caches them in normalisation.npz, and broadcasts)."""
+    cache = out_dir / "normalisation.npz"
+    stats = None
+    if backend.rank == 0:
+        if cache.exists():
+            stats = dict(np.load(cache))
+        else:
+            x_mean, x_std, _ = frame_moments(store, "x", train_range)
+            o_mean, o_std, _ = frame_moments(store, "phi", train_range)
+            stats = {"x_mean": x_mean, "x_std": safe_std(x_std), "obs_mean": o_mean, "obs_std": safe_std(o_std)}
+            out_dir.mkdir(parents=True, exist_ok=True)
+            np.savez(cache, **stats)
+    return backend.broadcast_object(stats, root=0)
+
+
+def build_autoencoder(store_attrs: dict, ae: cfg.Autoencoder) -> ClosureAutoencoder:
+    return ClosureAutoencoder(autoencoder_shape(store_attrs, ae), observable_from_attrs(store_attrs))
+
+
+def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoencoder, train: cfg.Train,
+                      backend, resume: bool = False, show_progress: bool = True) -> dict:
+    """Train the closure autoencoder on the training trajectories of ``store``."""
+    from hpcsur.learn.distributed import scaled_lr
+
+    use_threads(train)
+    dataset = open_dataset(store)
+    sp = split_of(dataset, split.validation, split.test)
+    g0, g1 = sp.frames("train")
+    if ae.max_train_frames is not None:
+        g1 = min(g1, g0 + ae.max_train_frames)
+    out = Path(run_dir) / "autoencoder"
+    torch.manual_seed(ae.seed)
+    model = build_autoencoder(dataset.attrs, ae)
+    stats = _normalisation(store, (g0, g1), out, backend)
+    model.set_normalisation(**stats)
+    meta = autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae)
+    common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,
+                  shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
+    train_stream = BatchStream(store, ["x"], (g0, g1), ae.batch, **common)
+    val_stream = BatchStream(store, ["x"], sp.frames("validation"), ae.batch, **common)
+    config = FitConfig(epochs=ae.epochs, lr=scaled_lr(ae.lr, backend.size, train.lr_scaling),
+                       weight_decay=ae.weight_decay, patience=max(2, ae.epochs // 5), factor=0.5,
+                       checkpoint_every=train.checkpoint_every, seed=ae.seed)
+    log.info("train-ae: %d training frames (%s), %d validation, d = %d, %d worker(s) [%s], %s",
+             g1 - g0, "streaming" if train_stream.streaming else "in memory",
+             val_stream.n_frames, ae.latent_dim, backend.size, backend.name, out)
+    return fit(AutoencoderLoss(model, ae.lambda_cond, ae.cond_rows), train_stream, val_stream, backend, out,
+               config, meta, resume=resume, label="train-ae", show_progress=show_progress)
+
+
+def load_autoencoder(store: str, run_dir: Path, ae: cfg.Autoencoder) -> ClosureAutoencoder:
+    """The trained autoencoder (its best epoch) of a run."""
+    dataset = open_dataset(store)
+    model = build_autoencoder(dataset.attrs, ae)
+    state = load_best(Path(run_dir) / "autoencoder", autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae))
+    model.load_state_dict({k.removeprefix("model."): v for k, v in state.items()})
+    return model
+
+
+# ----------------------------------------------------------------------------- latent models
+def latent_shape(latent: cfg.Latent, d: int) -> LatentShape:
+    return LatentShape(latent.model, d, tuple(latent.hidden), latent.activation, latent.forcing)
+
+
+def latent_meta(shape: LatentShape, loss: str, seed: int, n_train: int, encoded_attrs: dict) -> dict:
+    return {"kind": "latent", "shape": shape.to_dict(), "loss": loss, "seed": seed, "train_frames": n_train,
+            "autoencoder": encoded_attrs["autoencoder"]}
+
+
+def training_frames(loss: str, latent: cfg.Latent, p_eff: float, available: int, where: str = "[latent]") -> int:
+    """K: equivalent_data configurations for L_z / L_x, equivalent_data / p for L_x,p (equal force cost)."""
+    k = latent.equivalent_data if loss in ("lz", "lx") else int(round(latent.equivalent_data / p_eff))
+    if k > available:
+        raise InputError(f"{where} equivalent_data = {latent.equivalent_data} needs {k} training frames for "
+                         f"{loss} (p = {p_eff:.4g}), but only {available} exist; lower equivalent_data or "
+                         "generate more trajectories")
+    if k < latent.batch:
+        raise InputError(f"{where} equivalent_data = {latent.equivalent_data} gives {k} training frames for "
+                         f"{loss}, fewer than batch = {latent.batch}")
+    return k
+
+
+def run_name(loss: str, seed: int) -> str:
+    return f"{loss}-s{seed}"
+
+
+def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Latent, train: cfg.Train, backend,
+                 losses=None, seeds=None, resume: bool = False, show_progress: bool = True) -> list[dict]:
+    """Train one latent model per (loss, seed); finished runs are skipped when resuming."""
+    from hpcsur.learn.distributed import scaled_lr
+
+    use_threads(train)
+    dataset = open_dataset(encoded)
+    attrs = dataset.attrs
+    sp = split_of(dataset, split.validation, split.test)
+    available = sp.frames("train")[1]
+    p_eff = float(attrs["p_eff"])
+    losses = list(losses or latent.losses)
+    seeds = list(seeds if seeds is not None else latent.seeds)
+    for loss in losses:
+        missing = [a for a in LOSS_ARRAYS[loss] if a not in dataset.schema.arrays()]
+        if missing:
+            raise InputError(f"store {encoded}: loss {loss} needs array {missing[0]!r}, which this store lacks "
+                             "(generate with [labels] full = true for lz / lx)")
+        training_frames(loss, latent, p_eff, available)
+    summaries = []
+    for loss in losses:
+        for seed in seeds:
+            out = Path(run_dir) / "latent" / run_name(loss, seed)
+            if resume and (out / DONE).exists():
+                log.info("train-latent %s: already finished", run_name(loss, seed))
+                continue
+            if not resume and (out / "checkpoint.pt").exists():
+                raise InputError(f"{out}: a training run exists; pass --resume to continue or finish it")
+            summaries.append(_train_one(dataset, encoded, out, sp, latent, train, backend, loss, seed,
+                                        training_frames(loss, latent, p_eff, available), p_eff,
+                                        scaled_lr(latent.lr, backend.size, train.lr_scaling), resume, show_progress))
+    return summaries
+
+
+def latent_statistics(encoded: str, loss: str, frame_range) -> dict:
+    z_mean, z_std, _ = frame_moments(encoded, "z", frame_range)
+    t_mean, t_std, _ = frame_moments(encoded, TARGET_ARRAY[loss], frame_range)
+    return {"z_mean": z_mean, "z_std": safe_std(z_std), "t_mean": t_mean, "t_std": safe_std(t_std)}
+
+
+def _train_one(dataset, encoded, out, sp, latent, train, backend, loss, seed, k, p_eff, lr, resume, show_progress):
+    shape = latent_shape(latent, int(dataset.attrs["latent_dim"]))
+    torch.manual_seed(seed)
+    model = LatentDynamics(shape)
+    model.set_normalisation(**latent_statistics(encoded, loss, (0, k)))
+    names = ["z", *LOSS_ARRAYS[loss]]
+    common = dict(rank=backend.rank, size=backend.size, seed=seed, memory_mb=train.memory_mb,
+                  shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
+    train_stream = BatchStream(encoded, names, (0, k), latent.batch, **common)
+    val_stream = BatchStream(encoded, names, sp.frames("validation"), latent.batch, **common)
+    config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay, patience=latent.patience,
+                       factor=latent.factor, min_lr=latent.min_lr, checkpoint_every=train.checkpoint_every, seed=seed)
+    log.info("train-latent %s: %s on %d frames, %d worker(s) [%s]", run_name(loss, seed), latent.model, k,
+             backend.size, backend.name)
+    return fit(LatentLoss(model, loss, p_eff), train_stream, val_stream, backend, out, config,
+               latent_meta(shape, loss, seed, k, dataset.attrs), resume=resume,
+               label=f"train-latent {run_name(loss, seed)}", show_progress=show_progress)
+
+
+def load_latent(encoded_attrs: dict, run_dir: Path, latent: cfg.Latent, loss: str, seed: int, k: int) -> LatentDynamics:
+    shape = latent_shape(latent, int(encoded_attrs["latent_dim"]))
+    model = LatentDynamics(shape)
+    state = load_best(Path(run_dir) / "latent" / run_name(loss, seed),
+                      latent_meta(shape, loss, seed, k, encoded_attrs))
+    model.load_state_dict({k_.removeprefix("model."): v for k_, v in state.items()})
+    return model.eval()

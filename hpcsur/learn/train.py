@@ -1,0 +1,233 @@
+"""The training loop shared by the autoencoder and the latent models.
+
+A *loss module* is an ``nn.Module`` whose ``forward(batch)`` returns ``(loss, parts)`` for a batch
+dict; wrapping the whole loss in one module is what lets a DDP wrapper see every parameter use.
+
+Per epoch: AdamW (amsgrad) steps over the worker's batches, gradients averaged across workers by
+the backend; then the validation loss over all validation frames (summed over workers), a
+ReduceLROnPlateau step on it, the best model kept (model selection on validation data, which the
+reference did not have), a learning-curve row, and a checkpoint every ``checkpoint_every`` epochs.
+
+**Checkpoint / restart.** Rank 0 writes ``checkpoint.pt`` atomically (temporary file, fsync,
+rename) with the model, optimizer and scheduler states, torch's RNG state, the data cursor
+(epoch, step), the best validation loss and the curve. SIGTERM or SIGUSR1 on any worker sets a
+flag that all workers agree on at the next step boundary (one scalar allreduce), so they stop
+together, write the checkpoint at that step and exit with :data:`EXIT_REQUEUE` (75, EX_TEMPFAIL):
+"stopped cleanly, resume me". ``resume=True`` restores everything and replays the epoch's data
+stream to the cursor, so the final parameters equal those of an uninterrupted run.
+"""
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import signal
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hpcsur.errors import InputError
+from hpcsur.log import Progress
+
+log = logging.getLogger("hpcsur.train")
+
+EXIT_REQUEUE = 75
+CHECKPOINT = "checkpoint.pt"
+BEST = "best.pt"
+CURVE = "curve.csv"
+DONE = "done.json"
+
+
+class StopRequested(Exception):
+    """Training stopped on a signal after writing a checkpoint; exit with EXIT_REQUEUE."""
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    epochs: int
+    lr: float
+    weight_decay: float = 0.0
+    patience: int = 50
+    factor: float = 0.5
+    min_lr: float = 0.0
+    checkpoint_every: int = 1
+    seed: int = 0
+
+
+class StopSignals:
+    """Record SIGTERM / SIGUSR1 instead of dying; restore the previous handlers on exit."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+    def __init__(self):
+        self.raised = 0
+        self._old = {}
+
+    def __enter__(self):
+        for sig in self.SIGNALS:
+            self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = signum
+
+    def __exit__(self, *exc):
+        for sig, handler in self._old.items():
+            signal.signal(sig, handler)
+
+
+def save_atomic(obj: Any, target: Path) -> None:
+    """torch.save to a temporary file, fsync, then rename over ``target``."""
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as fh:
+        torch.save(obj, fh)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+
+
+def write_json_atomic(obj: Any, target: Path) -> None:
+    tmp = target.with_name(f".{target.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(obj, indent=1, default=float))
+    os.replace(tmp, target)
+
+
+def load_checkpoint(path: Path, meta: dict) -> dict:
+    """Read a checkpoint and check it was written for the same model (one-line error otherwise)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # a torn or foreign file
+        raise InputError(f"checkpoint {path}: unreadable ({type(exc).__name__}: {exc})") from None
+    theirs = state.get("meta", {}) if isinstance(state, dict) else {}
+    for key, value in meta.items():
+        if theirs.get(key) != value:
+            raise InputError(f"checkpoint {path}: was written for {key} = {theirs.get(key)!r}, this run has "
+                             f"{value!r}; use another output folder or remove it")
+    return state
+
+
+def _mean_over_workers(backend, total: float, count: float) -> float:
+    t = backend.allreduce(torch.tensor([total, count], dtype=torch.float64), op="sum")
+    return float(t[0] / t[1]) if float(t[1]) > 0 else float("nan")
+
+
+def validation_loss(loss_module, stream, backend) -> float:
+    """Frame-weighted mean loss over all validation frames of all workers (no gradients kept)."""
+    if stream is None:
+        return float("nan")
+    total, count = 0.0, 0
+    loss_module.eval()
+    with torch.no_grad():
+        for batch in stream.all_frames():
+            n = next(iter(batch.values())).shape[0]
+            loss, _ = loss_module(batch)
+            total += float(loss) * n
+            count += n
+    loss_module.train()
+    return _mean_over_workers(backend, total, count)
+
+
+def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir: Path, config: FitConfig,
+        meta: dict, resume: bool = False, label: str = "train", show_progress: bool = True) -> dict:
+    """Train ``loss_module`` (see the module docstring); returns the summary also written to done.json.
+
+    ``meta`` identifies the model (architecture, loss, data); a checkpoint with different meta is
+    refused. Raises :class:`StopRequested` after checkpointing when a stop signal arrived.
+    """
+    out_dir = Path(out_dir)
+    is_root = backend.rank == 0
+    if is_root:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    optimizer = torch.optim.AdamW(loss_module.parameters(), lr=config.lr, weight_decay=config.weight_decay,
+                                  amsgrad=True)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.factor,
+                                                           patience=config.patience, min_lr=config.min_lr)
+    start_epoch, start_step, best, curve = 0, 0, float("inf"), []
+    ckpt_path = out_dir / CHECKPOINT
+    if resume and ckpt_path.exists():
+        state = load_checkpoint(ckpt_path, meta)
+        loss_module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        torch.set_rng_state(state["torch_rng"])
+        start_epoch, start_step = state["epoch"], state["step"]
+        best, curve = state["best"], state["curve"]
+        log.info("%s: resuming at epoch %d, step %d", label, start_epoch, start_step)
+    module, optimizer = backend.prepare(loss_module, optimizer)
+
+    def checkpoint(epoch: int, step: int) -> None:
+        if is_root:
+            save_atomic({"meta": meta, "model": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
+                         "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
+                         "epoch": epoch, "step": step, "best": best, "curve": curve,
+                         "config": asdict(config)}, ckpt_path)
+        backend.barrier()
+
+    total_steps = sum(train_stream.steps(e) for e in range(config.epochs))
+    progress = Progress(total_steps, unit="steps", label=label, enabled=show_progress and is_root)
+    progress.update(sum(train_stream.steps(e) for e in range(start_epoch)) + start_step)
+    t0 = time.perf_counter()
+    with StopSignals() as signals:
+        for epoch in range(start_epoch, config.epochs):
+            module.train()
+            skip = start_step if epoch == start_epoch else 0
+            total, count = 0.0, 0
+            for step, batch in enumerate(train_stream.batches(epoch, skip=skip), start=skip):
+                if backend.size > 1 or signals.raised:
+                    flag = backend.allreduce(torch.tensor([float(signals.raised != 0)]), op="sum")
+                    if float(flag) > 0:
+                        checkpoint(epoch, step)
+                        log.warning("%s: stop signal: checkpoint written at epoch %d step %d", label, epoch, step)
+                        raise StopRequested(f"{label}: stopped at epoch {epoch} step {step}")
+                loss, _ = module(batch)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                total += float(loss.detach())
+                count += 1
+                progress.update()
+            train_loss = _mean_over_workers(backend, total, count)
+            val = validation_loss(loss_module, val_stream, backend)
+            monitored = val if val_stream is not None else train_loss
+            scheduler.step(monitored)
+            if monitored < best:
+                best = monitored
+                if is_root:
+                    save_atomic({"meta": meta, "model": loss_module.state_dict(), "epoch": epoch,
+                                 "val": monitored}, out_dir / BEST)
+            curve.append({"epoch": epoch, "train": train_loss, "val": val,
+                          "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
+            if is_root:
+                _write_curve(out_dir / CURVE, curve)
+            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                checkpoint(epoch + 1, 0)
+    progress.close()
+    best_epoch = min(curve, key=lambda r: r["val"] if val_stream is not None else r["train"])["epoch"] if curve else -1
+    summary = {"label": label, "epochs": config.epochs, "best_epoch": best_epoch, "best": best,
+               "final_train": curve[-1]["train"] if curve else float("nan"),
+               "seconds": time.perf_counter() - t0, "workers": backend.size, "backend": backend.name}
+    if is_root:
+        write_json_atomic(summary, out_dir / DONE)
+    backend.barrier()
+    return summary
+
+
+def _write_curve(path: Path, rows: list[dict]) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def load_best(out_dir: Path, meta: dict) -> dict:
+    """The best model's state dict of a finished run (one-line error if missing or foreign)."""
+    path = Path(out_dir) / BEST
+    if not path.exists():
+        raise InputError(f"{path}: no trained model; run the training stage first")
+    return load_checkpoint(path, meta)["model"]

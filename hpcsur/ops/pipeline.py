@@ -1,0 +1,98 @@
+"""``hpcsur run``: the whole chain on this machine, one subprocess per stage, resuming finished stages.
+
+    generate      mpiexec -n R hpcsur generate JOB --resume
+    train-ae      mpiexec -n W hpcsur train-ae JOB --resume       (W = [train] workers)
+    encode        mpiexec -n R hpcsur encode JOB --resume
+    train-latent  mpiexec -n W hpcsur train-latent JOB --resume
+    evaluate      hpcsur evaluate JOB
+
+A stage whose outputs are complete is skipped (its own ``--resume`` would also find nothing to do,
+but skipping saves the start-up). Each stage runs in its own process group of ranks so MPI,
+numba and torch state never leak between stages; the same commands are what ``hpcsur submit``
+puts in sbatch scripts.
+"""
+from __future__ import annotations
+
+import logging
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from hpcsur.errors import InputError
+from hpcsur.ops.jobspec import JobSpec
+from hpcsur.ops.stages import encoded_path
+
+log = logging.getLogger("hpcsur.run")
+
+STAGES = ("generate", "train-ae", "encode", "train-latent", "evaluate")
+
+
+def _complete_store(path: str) -> bool:
+    from hpcsur import store
+
+    if not store.exists(path):
+        return False
+    summary = store.info(path)
+    return summary["shards_complete"] == summary["shards_total"]
+
+
+def stage_done(spec: JobSpec, stage: str) -> bool:
+    """True when ``stage``'s outputs are complete (evaluate always reruns: it is cheap)."""
+    run = Path(spec.run_dir)
+    if stage == "generate":
+        return _complete_store(spec.store.path)
+    if stage == "train-ae":
+        return (run / "autoencoder" / "done.json").exists()
+    if stage == "encode":
+        return _complete_store(encoded_path(spec))
+    if stage == "train-latent":
+        from hpcsur.learn.stages import run_name
+
+        return all((run / "latent" / run_name(loss, seed) / "done.json").exists()
+                   for loss in spec.latent.losses for seed in spec.latent.seeds)
+    return False
+
+
+def stage_command(job: str, stage: str, ranks: int, workers: int, backend: str | None = None) -> list[str]:
+    """The command line of one stage (the venv's own launcher and entry point)."""
+    bindir = Path(sys.executable).parent
+    hpcsur, mpiexec = str(bindir / "hpcsur"), str(bindir / "mpiexec")
+    if stage == "evaluate":
+        return [hpcsur, "evaluate", job]
+    n = ranks if stage in ("generate", "encode") else workers
+    cmd = [hpcsur, stage, job, "--resume"]
+    if backend and stage in ("train-ae", "train-latent"):
+        cmd += ["--backend", backend]
+    return [mpiexec, "-n", str(n), *cmd] if n > 1 else cmd
+
+
+def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = None, backend: str | None = None,
+                 stages: list[str] | None = None) -> int:
+    """Run (or resume) the chain; returns the first non-zero exit code, or 0."""
+    spec.require("autoencoder", "run")
+    spec.require("latent", "run")
+    workers = workers or spec.train.workers
+    chosen = list(stages or STAGES)
+    for stage in chosen:
+        if stage not in STAGES:
+            raise InputError(f"--stages: {stage!r} is not a stage; choose from: {', '.join(STAGES)}")
+    t_all = time.perf_counter()
+    for stage in STAGES:
+        if stage not in chosen:
+            continue
+        if stage_done(spec, stage):
+            print(f"[run] {stage}: complete, skipped", flush=True)
+            continue
+        cmd = stage_command(job, stage, ranks, workers, backend)
+        print(f"[run] {stage}: {' '.join(Path(c).name if i < 3 and '/' in c else c for i, c in enumerate(cmd))}",
+              flush=True)
+        t0 = time.perf_counter()
+        code = subprocess.call(cmd)
+        print(f"[run] {stage}: exit {code} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if code != 0:
+            print(f"[run] stopped: stage {stage} failed (exit {code}); fix it and rerun `hpcsur run` to resume",
+                  file=sys.stderr, flush=True)
+            return code
+    print(f"[run] all stages done in {time.perf_counter() - t_all:.0f} s", flush=True)
+    return 0

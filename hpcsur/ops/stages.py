@@ -1,0 +1,123 @@
+"""Job spec -> learning stages: the glue between a validated spec and :mod:`hpcsur.learn`.
+
+Every stage saves the resolved spec next to its outputs (``<run_dir>/spec.toml``), checks the
+sections it needs (one error line naming the missing table), and reports on rank 0 only.
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from hpcsur.errors import InputError
+from hpcsur.ops.jobspec import JobSpec, dump_job
+
+log = logging.getLogger("hpcsur.stages")
+
+
+def encoded_path(spec: JobSpec) -> str:
+    return str(Path(spec.run_dir) / "encoded")
+
+
+def save_resolved_spec(spec: JobSpec, rank: int = 0) -> Path:
+    """Write the resolved spec (defaults filled in) to ``<run_dir>/spec.toml`` (rank 0)."""
+    path = Path(spec.run_dir) / "spec.toml"
+    if rank == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(".spec.toml.tmp")
+        tmp.write_text(dump_job(spec))
+        tmp.replace(path)
+    return path
+
+
+def _store_complete(path: str) -> None:
+    from hpcsur import store
+
+    if not store.exists(path):
+        raise InputError(f"store {path}: does not exist; run `hpcsur generate` first")
+    summary = store.info(path)
+    if summary["shards_complete"] < summary["shards_total"]:
+        raise InputError(f"store {path}: {summary['shards_total'] - summary['shards_complete']} shard(s) incomplete; "
+                         "run `hpcsur generate --resume` first")
+
+
+def _backend(spec: JobSpec, name: str | None):
+    from hpcsur.learn.distributed import init_backend
+
+    return init_backend(name or spec.train.backend)
+
+
+def train_ae(spec: JobSpec, resume: bool = False, backend: str | None = None, progress: bool = True) -> dict:
+    from hpcsur.learn.stages import train_autoencoder
+
+    ae = spec.require("autoencoder", "train-ae")
+    _store_complete(spec.store.path)
+    out = Path(spec.run_dir) / "autoencoder"
+    if not resume and (out / "checkpoint.pt").exists():
+        raise InputError(f"{out}: an autoencoder run exists; pass --resume to continue or finish it")
+    b = _backend(spec, backend)
+    try:
+        save_resolved_spec(spec, b.rank)
+        return train_autoencoder(spec.store.path, Path(spec.run_dir), spec.split, ae, spec.train, b,
+                                 resume=resume, show_progress=progress)
+    finally:
+        b.shutdown()
+
+
+def encode(spec: JobSpec, comm, resume: bool = False, progress: bool = True) -> dict:
+    from hpcsur.learn.encode import encode_store
+    from hpcsur.learn.stages import load_autoencoder, use_threads
+
+    ae = spec.require("autoencoder", "encode")
+    _store_complete(spec.store.path)
+    use_threads(spec.train)
+    save_resolved_spec(spec, comm.Get_rank())
+    model = load_autoencoder(spec.store.path, Path(spec.run_dir), ae)
+    return encode_store(spec.store.path, encoded_path(spec), model, comm, resume=resume, show_progress=progress)
+
+
+def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, backend: str | None = None,
+                 progress: bool = True) -> list[dict]:
+    from hpcsur import store
+    from hpcsur.learn.stages import train_latent as fit_latent
+
+    latent = spec.require("latent", "train-latent")
+    if not store.exists(encoded_path(spec)):
+        raise InputError(f"store {encoded_path(spec)}: does not exist; run `hpcsur encode` first")
+    b = _backend(spec, backend)
+    try:
+        save_resolved_spec(spec, b.rank)
+        return fit_latent(encoded_path(spec), Path(spec.run_dir), spec.split, latent, spec.train, b,
+                          losses=losses, seeds=seeds, resume=resume, show_progress=progress)
+    finally:
+        b.shutdown()
+
+
+def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
+    from hpcsur import store
+    from hpcsur.learn.evaluate import evaluate_run
+    from hpcsur.learn.stages import use_threads
+
+    latent = spec.require("latent", "evaluate")
+    use_threads(spec.train)
+    if not store.exists(encoded_path(spec)):
+        raise InputError(f"store {encoded_path(spec)}: does not exist; run `hpcsur encode` first")
+    save_resolved_spec(spec)
+    return evaluate_run(encoded_path(spec), Path(spec.run_dir), spec.split, latent, spec.evaluate,
+                        losses=losses, seeds=seeds)
+
+
+def format_table(report: dict) -> str:
+    """The errors of a report as a small text table (mean ± sample std over seeds)."""
+    lines = [f"{'loss':<6} {'train frames':>12} {'e (Eq. 43, squared)':>24} {'e (code, non-squared)':>24}  seeds",
+             "-" * 80]
+    for loss, row in report["table"].items():
+        sq, ab = row["e_sq"], row["e_abs"]
+        lines.append(f"{loss:<6} {row['train_frames']:>12} {_pm(sq):>24} {_pm(ab):>24}  {len(sq['values'])}")
+    return "\n".join(lines)
+
+
+def _pm(stat: dict) -> str:
+    mean, std = stat["mean"], stat["std"]
+    if mean is None:
+        return "diverged"
+    return f"{mean:.3e} ± {std:.1e}"
