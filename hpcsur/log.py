@@ -1,37 +1,137 @@
-"""Rank-tagged logging and a rank-0 progress line, usable from every room.
+"""Rank-tagged logging, a rank-0 progress line, and launcher detection, usable from every room.
 
-The rank is read from the launcher's environment (mpiexec/Hydra, Open MPI, Slurm, torchrun), so
-no room needs to import mpi4py just to log. Records look like::
+The rank is read from the launcher's environment (mpiexec/Hydra, Open MPI, Slurm's srun, torchrun,
+horovodrun), so no room needs to import mpi4py just to log. Records look like::
 
     2026-11-23 14:30:01 [r0/2] INFO hpcsur.parallel: 32000 atoms on a 2x1x1 rank grid
+
+:func:`detect_launch` is the pure function behind :func:`env_rank` / :func:`env_size`: it maps an
+environment to a :class:`Launch` (launcher, rank, size, local rank, master host and port when the
+launcher names them). The innermost launcher wins, because outer ones leave their variables behind:
+``torchrun`` inside an ``sbatch`` script still sees ``SLURM_PROCID=0``, and ``mpiexec`` inside an
+allocation still sees ``SLURM_NTASKS``. Order: torchrun, horovodrun (Gloo mode), MPICH/Hydra,
+Open MPI, srun (a task of a job step: the ``sbatch`` shell itself is not a parallel launch).
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
 import sys
 import time
+from dataclasses import dataclass
+from typing import Mapping, Optional
 
-_RANK_VARS = ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "SLURM_PROCID", "RANK")
-_SIZE_VARS = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "SLURM_NTASKS", "WORLD_SIZE")
+LAUNCHERS = ("torchrun", "horovodrun", "mpich", "openmpi", "slurm", "none")
 
 
-def _first_int(names, default):
-    for name in names:
-        value = os.environ.get(name)
-        if value is not None and value.strip().isdigit():
-            return int(value)
-    return default
+@dataclass(frozen=True)
+class Launch:
+    """How this process was started: ``launcher`` is one of :data:`LAUNCHERS`.
+
+    ``master_addr``/``master_port`` are what the environment says about a rendezvous host (torchrun
+    gives both, srun names its first node, Hydra and Open MPI give neither); ``job_id`` is a
+    per-job string shared by all ranks (Slurm job and step), or ``None``.
+    """
+
+    launcher: str = "none"
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    local_size: int = 1
+    master_addr: Optional[str] = None
+    master_port: Optional[int] = None
+    job_id: Optional[str] = None
+
+    @property
+    def parallel(self) -> bool:
+        return self.size > 1
+
+    @property
+    def by_mpi(self) -> bool:
+        """Started by an MPI launcher (mpiexec/mpirun), so MPI_Init will find its peers."""
+        return self.launcher in ("mpich", "openmpi")
+
+
+def _int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> Optional[int]:
+    value = env.get(name, "").strip()
+    return int(value) if value.isdigit() else default
+
+
+def _has(env: Mapping[str, str], *names: str) -> bool:
+    return all(_int(env, name) is not None for name in names)
+
+
+def first_host(nodelist: str) -> Optional[str]:
+    """The first host of a Slurm hostlist: ``node[07-09,12],gpu1`` -> ``node07``.
+
+    Every bracket of the first entry is replaced by its first number, zero padding kept
+    (``rack[1-2]-n[001-004]`` -> ``rack1-n001``).
+    """
+    nodelist = nodelist.strip()
+    if not nodelist:
+        return None
+    depth, end = 0, len(nodelist)
+    for i, ch in enumerate(nodelist):
+        depth += (ch == "[") - (ch == "]")
+        if ch == "," and depth == 0:
+            end = i
+            break
+    entry = nodelist[:end]
+    return re.sub(r"\[([^\]]*)\]", lambda m: re.split(r"[-,]", m.group(1))[0], entry)
+
+
+def _slurm_tasks_on_node(tasks_per_node: str, node_id: int) -> Optional[int]:
+    """``SLURM_STEP_TASKS_PER_NODE`` (``2(x3),1``) expanded, at index ``node_id``."""
+    counts: list[int] = []
+    for part in tasks_per_node.split(","):
+        m = re.fullmatch(r"\s*(\d+)(?:\(x(\d+)\))?\s*", part)
+        if not m:
+            return None
+        counts += [int(m.group(1))] * int(m.group(2) or 1)
+    return counts[node_id] if 0 <= node_id < len(counts) else None
+
+
+def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Launch:
+    """Which launcher started this process, and where it puts this process (see the module doc)."""
+    env = os.environ if environ is None else environ
+    if _has(env, "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        return Launch("torchrun", _int(env, "RANK"), _int(env, "WORLD_SIZE"), _int(env, "LOCAL_RANK"),
+                      _int(env, "LOCAL_WORLD_SIZE", 1), env.get("MASTER_ADDR") or None,
+                      _int(env, "MASTER_PORT"), env.get("TORCHELASTIC_RUN_ID") or None)
+    if _has(env, "HOROVOD_RANK", "HOROVOD_SIZE"):
+        return Launch("horovodrun", _int(env, "HOROVOD_RANK"), _int(env, "HOROVOD_SIZE"),
+                      _int(env, "HOROVOD_LOCAL_RANK", 0), _int(env, "HOROVOD_LOCAL_SIZE", 1),
+                      env.get("HOROVOD_GLOO_RENDEZVOUS_ADDR") or None, None, None)
+    if _has(env, "PMI_RANK", "PMI_SIZE"):
+        return Launch("mpich", _int(env, "PMI_RANK"), _int(env, "PMI_SIZE"), _int(env, "MPI_LOCALRANKID", 0),
+                      _int(env, "MPI_LOCALNRANKS", 1))
+    if _has(env, "OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE"):
+        return Launch("openmpi", _int(env, "OMPI_COMM_WORLD_RANK"), _int(env, "OMPI_COMM_WORLD_SIZE"),
+                      _int(env, "OMPI_COMM_WORLD_LOCAL_RANK", 0), _int(env, "OMPI_COMM_WORLD_LOCAL_SIZE", 1))
+    # srun sets SLURM_STEP_NUM_TASKS; an sbatch shell has SLURM_PROCID=0 and SLURM_NTASKS=N but no
+    # step variables, and a plain `python` there is one process, not rank 0 of N.
+    size = _int(env, "SLURM_STEP_NUM_TASKS")
+    if _has(env, "SLURM_PROCID") and size is not None:
+        nodes = env.get("SLURM_STEP_NODELIST") or env.get("SLURM_NODELIST") or env.get("SLURM_JOB_NODELIST") or ""
+        local_size = _slurm_tasks_on_node(env.get("SLURM_STEP_TASKS_PER_NODE") or env.get("SLURM_TASKS_PER_NODE") or "",
+                                          _int(env, "SLURM_NODEID", 0))
+        job = env.get("SLURM_JOB_ID") or env.get("SLURM_JOBID")
+        step = env.get("SLURM_STEP_ID") or env.get("SLURM_STEPID")
+        return Launch("slurm", _int(env, "SLURM_PROCID"), size, _int(env, "SLURM_LOCALID", 0), local_size or 1,
+                      first_host(nodes), _int(env, "MASTER_PORT"),
+                      f"{job}.{step}" if job and step else job)
+    return Launch()
 
 
 def env_rank() -> int:
     """This process's rank according to the launcher (0 when not launched in parallel)."""
-    return _first_int(_RANK_VARS, 0)
+    return detect_launch().rank
 
 
 def env_size() -> int:
     """The number of ranks according to the launcher (1 when not launched in parallel)."""
-    return _first_int(_SIZE_VARS, 1)
+    return detect_launch().size
 
 
 def setup_logging(level: str | int = "INFO", rank: int | None = None, size: int | None = None) -> None:

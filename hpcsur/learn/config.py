@@ -86,7 +86,8 @@ class Latent:
 class Train:
     """How training runs: data-parallel backend, workers, streaming and checkpoints."""
 
-    backend: str = field("auto", choices=BACKENDS, doc="auto: Horovod when importable, else torch DDP")
+    backend: str = field("auto", choices=BACKENDS, doc="auto: Horovod when importable and launched by mpiexec/horovodrun, else "
+                                                      "torch.distributed (Gloo/NCCL); none for one process")
     workers: int = field(2, ge=1, doc="data-parallel workers `hpcsur run` launches")
     lr_scaling: str = field("none", choices=("none", "linear", "sqrt"),
                             doc="scale the learning rate with the number of workers")

@@ -81,9 +81,10 @@ class OnsagerNet(nn.Module):
         return out
 
 
-def _projector(g: torch.Tensor, eps: float = 1e-12) -> torch.Tensor:
-    """I - u u^T with u = g / |g| (the orthogonal projector onto the complement of g), per sample."""
-    u = g / torch.sqrt((g * g).sum(-1, keepdim=True) + eps)
+def _projector(g: torch.Tensor) -> torch.Tensor:
+    """I - u u^T with u = g / |g| (the orthogonal projector onto the complement of g), per sample.
+    (|g| is only kept away from 0; any larger floor would bias P g = 0 away from round-off.)"""
+    u = g / torch.linalg.vector_norm(g, dim=-1, keepdim=True).clamp_min(torch.finfo(g.dtype).tiny)
     eye = torch.eye(g.shape[-1], dtype=g.dtype, device=g.device)
     return eye - u.unsqueeze(-1) * u.unsqueeze(-2)
 
@@ -92,8 +93,8 @@ class GFINN(nn.Module):
     def __init__(self, d: int, hidden: list[int], activation: str = "tanh", rank: int | None = None):
         super().__init__()
         self.d, self.k = d, rank or d
-        self.energy_net = mlp([d] + list(hidden) + [1], activation)
-        self.entropy_net = mlp([d] + list(hidden) + [1], activation)
+        self.energy_net = mlp([d] + list(hidden) + [1], activation, last_bias=False)   # only gradients matter
+        self.entropy_net = mlp([d] + list(hidden) + [1], activation, last_bias=False)
         self.skew_net = mlp([d] + list(hidden) + [d * d], activation, gain=0.1)
         self.friction_net = mlp([d] + list(hidden) + [d * self.k], activation, gain=0.1)
 

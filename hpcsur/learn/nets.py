@@ -26,17 +26,21 @@ def activation(name: str) -> nn.Module:
         raise InputError(f"activation {name!r} is not allowed; choose one of: {', '.join(_ACTIVATIONS)}") from None
 
 
-def mlp(widths: list[int], act: str, last_activation: bool = False, gain: float = 1.0) -> nn.Sequential:
+def mlp(widths: list[int], act: str, last_activation: bool = False, gain: float = 1.0,
+        last_bias: bool = True) -> nn.Sequential:
     """``widths[0] -> ... -> widths[-1]`` with ``act`` between layers (and after the last one if
-    ``last_activation``). Weights Xavier-uniform with ``gain``, biases zero."""
+    ``last_activation``). Weights Xavier-uniform with ``gain``, biases zero; ``last_bias=False``
+    drops the output bias (e.g. for a potential, whose constant never matters)."""
     if len(widths) < 2 or any(w < 1 for w in widths):
         raise InputError(f"mlp widths must be >= 2 positive sizes, got {widths}")
     layers: list[nn.Module] = []
     for i, (a, b) in enumerate(zip(widths, widths[1:])):
-        linear = nn.Linear(a, b)
+        last = i == len(widths) - 2
+        linear = nn.Linear(a, b, bias=last_bias or not last)
         nn.init.xavier_uniform_(linear.weight, gain=gain)
-        nn.init.zeros_(linear.bias)
+        if linear.bias is not None:
+            nn.init.zeros_(linear.bias)
         layers.append(linear)
-        if i < len(widths) - 2 or last_activation:
+        if not last or last_activation:
             layers.append(activation(act))
     return nn.Sequential(*layers)

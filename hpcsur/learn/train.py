@@ -1,7 +1,8 @@
 """The training loop shared by the autoencoder and the latent models.
 
 A *loss module* is an ``nn.Module`` whose ``forward(batch)`` returns ``(loss, parts)`` for a batch
-dict; wrapping the whole loss in one module is what lets a DDP wrapper see every parameter use.
+dict (the loss is a mean over the batch, so averaging gradients over workers with equal batches
+equals one worker with their union; :mod:`hpcsur.learn.distributed` does the averaging).
 
 Per epoch: AdamW (amsgrad) steps over the worker's batches, gradients averaged across workers by
 the backend; then the validation loss over all validation frames (summed over workers), a
@@ -123,6 +124,7 @@ def validation_loss(loss_module, stream, backend) -> float:
     loss_module.eval()
     with torch.no_grad():
         for batch in stream.all_frames():
+            batch = {k: v.to(backend.device) for k, v in batch.items()}
             n = next(iter(batch.values())).shape[0]
             loss, _ = loss_module(batch)
             total += float(loss) * n
@@ -177,6 +179,7 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
             skip = start_step if epoch == start_epoch else 0
             total, count = 0.0, 0
             for step, batch in enumerate(train_stream.batches(epoch, skip=skip), start=skip):
+                batch = {k: v.to(backend.device) for k, v in batch.items()}
                 if backend.size > 1 or signals.raised:
                     flag = backend.allreduce(torch.tensor([float(signals.raised != 0)]), op="sum")
                     if float(flag) > 0:

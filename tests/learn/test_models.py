@@ -1,0 +1,154 @@
+"""Latent models (structure), the autoencoder (condition loss, Jacobian), torch observables, RK4."""
+import numpy as np
+import pytest
+import torch
+
+from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoencoder_loss, condition_number
+from hpcsur.learn.latent import GFINN, MODELS, LatentDynamics, LatentShape, OnsagerNet, input_gradient, rk4_rollout
+from hpcsur.learn.observables import observable_from_attrs
+
+torch.set_default_dtype(torch.float64)
+
+
+def batch(d=5, n=64, seed=0):
+    return torch.randn(n, d, generator=torch.Generator().manual_seed(seed))
+
+
+def test_onsagernet_operators_have_their_structure():
+    torch.manual_seed(0)
+    model = OnsagerNet(5, [16, 16])
+    z = batch()
+    m, w = model.operators(z)
+    assert torch.allclose(m, m.transpose(-1, -2), atol=1e-14)
+    assert torch.linalg.eigvalsh(m).min() > -1e-12
+    assert torch.allclose(w, -w.transpose(-1, -2), atol=1e-14)
+
+
+@pytest.mark.parametrize("forcing", [False, True])
+def test_onsagernet_potential_cannot_increase_without_forcing(forcing):
+    """dV/dt = grad V . g = -grad V^T (M + alpha I) grad V <= 0; a forcing term can break it."""
+    torch.manual_seed(1)
+    model = OnsagerNet(5, [16, 16], forcing=forcing)
+    if forcing:
+        with torch.no_grad():
+            model.forcing_net[-1].bias.fill_(5.0)
+    z = batch(seed=1) * 2
+    _, grad_v = input_gradient(model.potential, z)
+    rate = (grad_v * model(z)).sum(-1)
+    if forcing:
+        assert rate.max() > 0
+    else:
+        assert rate.max() <= 1e-12
+        m, _ = model.operators(z)
+        expected = -(grad_v.unsqueeze(-2) @ (m @ grad_v.unsqueeze(-1))).squeeze() - 0.1 * (grad_v ** 2).sum(-1)
+        assert torch.allclose(rate, expected, atol=1e-10)
+
+
+def test_gfinn_degeneracy_conditions_hold_to_round_off():
+    torch.manual_seed(2)
+    model = GFINN(5, [16, 16])
+    z = batch(seed=2)
+    _, ge = input_gradient(model.energy, z)
+    _, gs = input_gradient(model.entropy, z)
+    l_op, m_op = model.operators(z, ge, gs)
+    scale = float(max(l_op.abs().max(), m_op.abs().max()) * (ge.abs().max() + gs.abs().max()))
+    assert torch.allclose(l_op, -l_op.transpose(-1, -2), atol=1e-14)
+    assert torch.allclose(m_op, m_op.transpose(-1, -2), atol=1e-14)
+    assert torch.linalg.eigvalsh(m_op).min() > -1e-12
+    assert (l_op @ gs.unsqueeze(-1)).abs().max() < 1e-12 * scale
+    assert (m_op @ ge.unsqueeze(-1)).abs().max() < 1e-12 * scale
+    g = model(z)
+    assert (ge * g).sum(-1).abs().max() < 1e-12 * scale        # dE/dt = 0
+    assert (gs * g).sum(-1).min() > -1e-12 * scale             # dS/dt >= 0
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_models_train_through_their_input_gradients(name):
+    """Every parameter gets a gradient (the create_graph path works) and eval needs no grad mode."""
+    torch.manual_seed(3)
+    model = LatentDynamics(LatentShape(name, 4, (8, 8), "tanh"))
+    z = batch(4, 16, seed=3)
+    loss = (model(z) ** 2).mean()
+    loss.backward()
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters())
+    with torch.no_grad():
+        out = model(z)
+    assert not out.requires_grad and out.shape == (16, 4)
+
+
+def test_latent_dynamics_normalisation_is_affine():
+    torch.manual_seed(4)
+    model = LatentDynamics(LatentShape("mlp", 3, (8,), "tanh"))
+    z = batch(3, 10, seed=4)
+    raw = model.net(z)
+    model.set_normalisation(z_mean=np.ones(3), z_std=2 * np.ones(3), t_mean=np.arange(3.0), t_std=3 * np.ones(3))
+    assert torch.allclose(model(2 * z + 1), 3 * raw + torch.arange(3.0))
+
+
+def test_rk4_is_fourth_order_on_a_linear_ode():
+    a = torch.tensor([[-0.3, 1.0], [-1.0, -0.2]])
+    z0 = torch.tensor([[1.0, 0.5]])
+    exact = torch.linalg.matrix_exp(a * 2.0) @ z0[0]
+    errors = []
+    for steps in (10, 20, 40, 80):
+        path = rk4_rollout(lambda z: z @ a.T, z0, 2.0 / steps, steps)
+        errors.append(float((path[-1, 0] - exact).norm()))
+    orders = np.log2(np.array(errors[:-1]) / np.array(errors[1:]))
+    assert np.all(np.abs(orders - 4.0) < 0.15), orders
+
+
+def test_condition_loss_vanishes_for_an_orthogonal_linear_encoder():
+    """With phi_hat(x) = W x, W with orthonormal rows (x_std = 1), kappa(J J^T) = 1 exactly."""
+    n, closure = 12, 3
+    model = ClosureAutoencoder(AutoencoderShape(n, 1, 1 + closure, (), "tanh"),
+                               lambda x: x[..., :1] * 0.0 + x.sum(-1, keepdim=True) * 0.0)
+    q, _ = torch.linalg.qr(torch.randn(n, closure, generator=torch.Generator().manual_seed(5)))
+    with torch.no_grad():
+        model.encoder_net[0].weight.copy_(q.T)
+    x = batch(n, 8, seed=5)
+    j = model.jacobian(x)[:, 1:]
+    assert torch.allclose(condition_number(j), torch.ones(8), atol=1e-12)
+    _, parts = autoencoder_loss(model, x, 1.0, cond_rows="closure")
+    assert parts["cond"] < 1e-20
+    with torch.no_grad():
+        model.encoder_net[0].weight[0] *= 3.0  # rows of different length: kappa = 9
+    _, parts = autoencoder_loss(model, x, 1.0, cond_rows="closure")
+    assert abs(parts["cond"] - 64.0) < 1e-9
+
+
+def test_autoencoder_jacobian_matches_finite_differences():
+    torch.manual_seed(6)
+    model = ClosureAutoencoder(AutoencoderShape(10, 2, 4, (8,), "softplus"), observable_from_attrs(
+        {"system": "predator_prey", "params": {"n": 5}, "layout": {}}))
+    x = batch(10, 2, seed=6)
+    j = model.jacobian(x)
+    eps = 1e-6
+    for i in range(10):
+        e = torch.zeros(10)
+        e[i] = eps
+        fd = (model.encode(x + e) - model.encode(x - e)) / (2 * eps)
+        assert torch.allclose(j[:, :, i], fd, atol=1e-8)
+    assert torch.allclose(j[:, 0, :5], torch.full((2, 5), 0.2))   # d mean(u)/du_i = 1/n
+
+
+def test_torch_observables_match_the_systems():
+    from hpcsur.systems.allen_cahn import AllenCahn, AllenCahnParams
+    from hpcsur.systems.lennard_jones import LennardJones, fcc_lattice, maxwell_boltzmann
+    from hpcsur.systems.predator_prey import PredatorPrey, PredatorPreyParams
+
+    pp = PredatorPrey(PredatorPreyParams(n=20))
+    x = pp.initial_state(0.1, 0.5)
+    phi = observable_from_attrs({"system": "predator_prey", "params": {"n": 20}, "layout": {}})
+    assert np.allclose(phi(torch.from_numpy(x)).numpy(), pp.observable(x), rtol=1e-14)
+
+    ac = AllenCahn(AllenCahnParams(n=24, epsilon=0.05))
+    v = ac.torus(0.35, 0.12) + 0.01 * np.random.default_rng(0).standard_normal(24 * 24)
+    phi = observable_from_attrs({"system": "allen_cahn", "params": {"n": 24, "epsilon": 0.05}, "layout": {}})
+    assert np.allclose(phi(torch.from_numpy(v)).numpy(), ac.observable(v), rtol=1e-12)
+
+    positions, box = fcc_lattice(4, 0.8)
+    n = len(positions)
+    lj = LennardJones(box, n_atoms=n)
+    x = lj.join(positions, maxwell_boltzmann(n, 1.3, 1.0, np.random.default_rng(1)))
+    phi = observable_from_attrs({"system": "lennard_jones", "params": {"mass": 1.0}, "layout": {"n_blocks": n}})
+    assert np.allclose(phi(torch.from_numpy(x)[None]).numpy()[0], lj.observable(x), rtol=1e-13)
