@@ -10,7 +10,7 @@ PIP        := $(PY) -m pip --disable-pip-version-check -q
 STAMP      := $(VENV)/.bootstrapped-$(shell cat setup.cfg pyproject.toml | sha1sum | cut -c1-12)
 export NUMBA_CACHE_DIR := $(CURDIR)/.venv/numba-cache
 
-.PHONY: venv demo test bench clean
+.PHONY: venv demo test bench clean horovod
 
 venv: $(STAMP)
 
@@ -26,8 +26,19 @@ $(STAMP): setup.cfg pyproject.toml
 demo: venv
 	@$(PY) -m hpcsur.cli.main demo
 
-test: venv
-	@$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+# The local Slurm cluster (slurm/local: munged, slurmctld, slurmd; installed with apt when missing)
+# runs for the tests marked slurm. It is started first and stopped by the EXIT trap, so also when
+# tests fail or the run is interrupted; the lease (this shell's PID) keeps it up while another
+# `make test` on the machine still uses it. Where it cannot start, those tests skip with the reason.
+test: venv horovod
+	@slurm/local/start.sh --lease $$$$ || echo "make test: the local Slurm cluster did not start; tests marked slurm will skip"; \
+	trap 'slurm/local/stop.sh --lease $$$$' EXIT; \
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+# Horovod 0.28.1 patched to C++17 and built against this venv's torch + MPICH; the wheel is cached
+# under ~/.cache/hpcsur/wheels/<key>/ (first build ~5 min, later runs seconds).
+horovod: venv
+	@$(PY) hpcsur/learn/distributed/build_horovod.py
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; LD_LIBRARY_PATH=$(CURDIR)/$(VENV)/lib $(PY) $$b || exit 1; done

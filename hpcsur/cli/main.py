@@ -16,7 +16,16 @@ COMMANDS = {
     "generate": ("generate", "simulate trajectories and write partial labels to a sharded zarr store (use under mpiexec)"),
     "store": ("store", "inspect a store: info, verify"),
     "validate": ("validate", "check a job spec and print it with defaults filled in"),
+    "train-ae": ("train_ae", "train the closure autoencoder (data-parallel under mpiexec/srun/torchrun)"),
+    "encode": ("encode", "encode every frame with the frozen autoencoder (use under mpiexec)"),
+    "train-latent": ("train_latent", "train latent ODE models with L_z / L_x / L_x,p (data-parallel)"),
+    "evaluate": ("evaluate", "latent RK4 rollouts vs ground truth: report.json and plots"),
+    "run": ("run", "the whole chain generate -> train-ae -> encode -> train-latent -> evaluate, resuming"),
     "demo": ("demo", "run the main demo end to end on the embedded default"),
+    "submit": ("submit", "submit the pipeline's stages as a chain of Slurm batch jobs (arrays for --ensemble)"),
+    "status": ("status", "the Slurm state of a submitted job's stages and its store's progress"),
+    "campaign": ("campaign", "run a job's ensemble / parameter sweep ([campaign]) as dask tasks"),
+    "monitor": ("monitor", "show a campaign's progress (from its stores) and its dashboard URL"),
 }
 
 

@@ -200,13 +200,15 @@ def _read_pieces_thread(path, names, piece_list, prefetch) -> Iterator[tuple[int
 class BatchStream:
     """Mini-batches of selected frames for one worker (see the module docstring).
 
-    ``stream.batches(epoch)`` yields exactly ``stream.steps(epoch)`` dicts of torch tensors.
+    ``stream.batches(epoch)`` yields exactly ``stream.steps(epoch)`` dicts of torch tensors;
+    ``stream.all_frames()`` every frame of the worker's share once (validation: ``training=False``
+    allows a worker to hold no shard at all).
     """
 
     def __init__(self, path: str, names: Sequence[str], frame_range: tuple[int, int], batch: int,
                  rank: int = 0, size: int = 1, seed: int = 0, memory_mb: float = 1024.0,
                  shuffle_buffer: int = 8192, prefetch: int = 2, loader_workers: int = 0,
-                 dtype: torch.dtype = torch.float32, shuffle: bool = True):
+                 dtype: torch.dtype = torch.float32, shuffle: bool = True, training: bool = True):
         self.path, self.names = str(path), list(names)
         self.rank, self.size, self.seed, self.batch = rank, size, seed, int(batch)
         self.dtype, self.shuffle, self.prefetch, self.loader_workers = dtype, shuffle, prefetch, loader_workers
@@ -235,6 +237,10 @@ class BatchStream:
             raise InputError(f"[train] memory_mb = {memory_mb:g} is too small for batch {self.batch}: streaming needs "
                              f"at least {need:.1f} MB ({prefetch + 1 + loader_workers} shards of "
                              f"{shard_bytes / MiB:.1f} MB in flight + one batch)")
+        if training and (len(self.selection) < size or self.steps(0) < 1):
+            raise InputError(f"[train] workers = {size}: the {len(self.selection)} shard(s) of {self.n_frames} frames "
+                             f"in this selection leave a worker without one full batch of {self.batch}; use fewer "
+                             "workers, a smaller batch, or smaller [store] frames_per_shard")
         if 2 * cache_bytes <= budget:
             self.cache = {s: dataset.shard(s, self.names) for s in sorted(self.selection)}
 

@@ -115,7 +115,7 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
     train_stream = BatchStream(store, ["x"], (g0, g1), ae.batch, **common)
-    val_stream = BatchStream(store, ["x"], sp.frames("validation"), ae.batch, **common)
+    val_stream = BatchStream(store, ["x"], sp.frames("validation"), ae.batch, training=False, **common)
     config = FitConfig(epochs=ae.epochs, lr=scaled_lr(ae.lr, backend.size, train.lr_scaling),
                        weight_decay=ae.weight_decay, patience=max(2, ae.epochs // 5), factor=0.5,
                        checkpoint_every=train.checkpoint_every, seed=ae.seed)
@@ -211,7 +211,7 @@ def _train_one(dataset, encoded, out, sp, latent, train, backend, loss, seed, k,
     common = dict(rank=backend.rank, size=backend.size, seed=seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
     train_stream = BatchStream(encoded, names, (0, k), latent.batch, **common)
-    val_stream = BatchStream(encoded, names, sp.frames("validation"), latent.batch, **common)
+    val_stream = BatchStream(encoded, names, sp.frames("validation"), latent.batch, training=False, **common)
     config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay, patience=latent.patience,
                        factor=latent.factor, min_lr=latent.min_lr, checkpoint_every=train.checkpoint_every, seed=seed)
     log.info("train-latent %s: %s on %d frames, %d worker(s) [%s]", run_name(loss, seed), latent.model, k,

@@ -149,6 +149,7 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.factor,
                                                            patience=config.patience, min_lr=config.min_lr)
     start_epoch, start_step, best, curve = 0, 0, float("inf"), []
+    partial = (0.0, 0)  # running (sum, count) of the train loss of an interrupted epoch
     ckpt_path = out_dir / CHECKPOINT
     if resume and ckpt_path.exists():
         state = load_checkpoint(ckpt_path, meta)
@@ -158,14 +159,18 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
         torch.set_rng_state(state["torch_rng"])
         start_epoch, start_step = state["epoch"], state["step"]
         best, curve = state["best"], state["curve"]
+        partial = tuple(state["partial"]) if is_root else (0.0, 0)  # the workers' sum, counted once
         log.info("%s: resuming at epoch %d, step %d", label, start_epoch, start_step)
     module, optimizer = backend.prepare(loss_module, optimizer)
 
-    def checkpoint(epoch: int, step: int) -> None:
+    def checkpoint(epoch: int, step: int, running=(0.0, 0)) -> None:
+        """Collective: every worker calls it; rank 0 writes (with the workers' summed running loss)."""
+        summed = backend.allreduce(torch.tensor(running, dtype=torch.float64), op="sum")
+        running = (float(summed[0]), int(summed[1]))
         if is_root:
             save_atomic({"meta": meta, "model": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "epoch": epoch, "step": step, "best": best, "curve": curve,
+                         "epoch": epoch, "step": step, "partial": running, "best": best, "curve": curve,
                          "config": asdict(config)}, ckpt_path)
         backend.barrier()
 
@@ -177,13 +182,13 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
         for epoch in range(start_epoch, config.epochs):
             module.train()
             skip = start_step if epoch == start_epoch else 0
-            total, count = 0.0, 0
+            total, count = partial if epoch == start_epoch else (0.0, 0)
             for step, batch in enumerate(train_stream.batches(epoch, skip=skip), start=skip):
                 batch = {k: v.to(backend.device) for k, v in batch.items()}
                 if backend.size > 1 or signals.raised:
                     flag = backend.allreduce(torch.tensor([float(signals.raised != 0)]), op="sum")
                     if float(flag) > 0:
-                        checkpoint(epoch, step)
+                        checkpoint(epoch, step, (total, count))
                         log.warning("%s: stop signal: checkpoint written at epoch %d step %d", label, epoch, step)
                         raise StopRequested(f"{label}: stopped at epoch {epoch} step {step}")
                 loss, _ = module(batch)

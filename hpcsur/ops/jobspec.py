@@ -11,6 +11,7 @@ A job spec has one table per pipeline concern::
     [output]      run folder for everything after generation (default runs/<job name>)
     [split] [autoencoder] [latent] [train] [evaluate]   learning (see hpcsur.learn.config)
     [slurm]       batch resources and environment set-up for ``hpcsur submit``
+    [campaign]    ensemble size, parameter sweep and dask resources for ``hpcsur campaign``
 
 Only [system], [simulation], [labels] and [store] are required; a stage that needs another
 section (e.g. train-ae needs [autoencoder]) says so in one line before it starts.
@@ -194,28 +195,191 @@ class Output:
                              "default runs/<job name>")
 
 
-_SLURM_TIME = re.compile(r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$")
+_DASHBOARD = re.compile(r"^(127\.0\.0\.1|localhost):(\d{1,5})$")
+_ADDRESS = re.compile(r"^(tcp|tls|ucx)://[^\s/]+:\d{1,5}$")
+#: Tables a campaign may sweep ([store] and [output] are per member automatically).
+SWEEPABLE = ("system", "simulation", "initial", "labels", "parallel",
+             "split", "autoencoder", "latent", "train", "evaluate")
+
+
+@dataclass(frozen=True)
+class Campaign:
+    """An ensemble / parameter sweep run as dask tasks by ``hpcsur campaign`` (hpcsur.ops.campaign).
+
+    The sweep points are the Cartesian product of the ``sweep`` lists (keys sorted), or, with
+    ``zip = true``, the lists paired element-wise (all of one length; e.g. ``system.n_atoms`` with
+    the ``labels.p`` that keeps 50 atoms per frame). Every point is run ``members`` times; member
+    ``i = point * members + replica`` is :func:`hpcsur.ops.ensemble.member_spec` of the point,
+    with its own seed (``seed + i`` unless swept), store (``<store>-i``) and run folder.
+    Sweep keys are ``"table.key"`` strings; ``[campaign.sweep.table]`` sub-tables work too.
+    """
+
+    members: int = field(1, ge=1, doc="runs of every sweep point, each with its own seed")
+    sweep: dict = field({}, doc='dotted key -> list of values, e.g. {"initial.temperature" = [0.5, 1.0]}')
+    zip: bool = field(False, doc="pair the sweep lists element-wise instead of their Cartesian product")
+    ranks_per_member: int = field(1, ge=1, doc="MPI ranks of each member (mpiexec -n)")
+    workers: int = field(0, ge=0, doc="dask workers, one member at a time each; 0: cores // ranks_per_member "
+                                      "(local), one Slurm job per member (slurm)")
+    scheduler: str = field("local", doc="local | slurm | mpi | tcp://HOST:PORT of a running scheduler")
+    dashboard: str = field("127.0.0.1:8787", doc="127.0.0.1:PORT (0: any free port) or off; never other interfaces")
+    interface: Optional[str] = field(None, doc="slurm: network interface of scheduler and workers (e.g. ib0); "
+                                               "default 127.0.0.1, i.e. Slurm nodes on this machine")
+
+    @property
+    def flat_sweep(self) -> dict[str, Any]:
+        """The sweep as ``{"table.key": values}`` (sub-tables flattened one level)."""
+        out = {}
+        for key, value in self.sweep.items():
+            if isinstance(value, dict) and "." not in key:
+                out.update({f"{key}.{name}": v for name, v in value.items()})
+            else:
+                out[key] = value
+        return out
+
+    def validate(self, where: str) -> None:
+        for key, values in self.flat_sweep.items():
+            table, _, name = key.partition(".")
+            if not name or "." in name:
+                raise InputError(f"{where} sweep key {key!r} is not <table>.<key>, e.g. \"initial.temperature\"")
+            if table not in SWEEPABLE:
+                raise InputError(f"{where} sweep key {key!r}: table [{table}] cannot be swept; allowed tables: "
+                                 + ", ".join(SWEEPABLE))
+            if not isinstance(values, list) or not values:
+                raise InputError(f"{where} sweep {key!r} = {values!r} is not a non-empty list of values")
+        lengths = {key: len(v) for key, v in self.flat_sweep.items()}
+        if self.zip and len(set(lengths.values())) > 1:
+            raise InputError(f"{where} zip = true needs sweep lists of one length; got "
+                             + ", ".join(f"{k}: {n}" for k, n in sorted(lengths.items())))
+        check_scheduler(self.scheduler, f"{where} scheduler")
+        check_dashboard(self.dashboard, f"{where} dashboard")
+
+
+def check_scheduler(value: str, where: str) -> None:
+    """A campaign scheduler is local, slurm, mpi or the address of a running scheduler."""
+    if value not in ("local", "slurm", "mpi") and not _ADDRESS.match(value):
+        raise InputError(f"{where} = {value!r} is not allowed; choose local, slurm, mpi or a scheduler "
+                         "address tcp://HOST:PORT")
+
+
+def check_dashboard(value: str, where: str) -> None:
+    """A dashboard address must be ``127.0.0.1:PORT`` / ``localhost:PORT`` or ``off`` (one error line)."""
+    m = _DASHBOARD.match(value)
+    if value != "off" and (m is None or int(m.group(2)) > 65535):
+        raise InputError(f"{where} = {value!r} is not allowed; use 127.0.0.1:PORT (PORT 0-65535, 0: any free "
+                         "port) or off; the dashboard is never exposed beyond this machine (use an ssh tunnel)")
+
+
+def _check_campaign(spec: "JobSpec") -> None:
+    """Every sweep key must name a field of its table for this system kind (one line, before anything runs)."""
+    if spec.campaign is None:
+        return
+    fields_of = {"system": SYSTEM_PARAMS[spec.kind], "simulation": Simulation, "labels": Labels,
+                 "parallel": Parallel, **OPTIONAL_SECTIONS}
+    for key in spec.campaign.flat_sweep:
+        table, _, name = key.partition(".")
+        allowed = (set(INITIAL_PARAMS[spec.kind]) if table == "initial"
+                   else {f.name for f in dataclasses.fields(fields_of[table])})
+        if name not in allowed:
+            raise InputError(f"{spec.source}: [campaign] sweep key {key!r}: [{table}] has no key {name!r}"
+                             f"{' for ' + spec.kind if table in ('system', 'initial') else ''}; allowed keys: "
+                             + ", ".join(sorted(allowed)))
+
+
+_SLURM_TIME = re.compile(r"^(?:(\d+)-(\d+)(?::(\d+)(?::(\d+))?)?|(\d+)(?::(\d+)(?::(\d+))?)?)$")
+#: Partition, account and QOS names: letters, digits and ``_ . + -`` (a comma separates partitions).
+_SLURM_NAME = re.compile(r"^[A-Za-z0-9_.+-]+(,[A-Za-z0-9_.+-]+)*$")
+_SLURM_MEM = re.compile(r"^\d+[KMGT]?$")
+_SLURM_OPTION = re.compile(r"^--[a-z][a-z0-9-]*(=.+)?$")
+
+
+def slurm_time_seconds(text: str) -> int | None:
+    """Seconds in a Slurm time limit (MM, MM:SS, HH:MM:SS, D-HH, D-HH:MM, D-HH:MM:SS), None if malformed.
+
+    Fields may exceed their clock range (``90`` or ``00:90:00`` minutes), as ``sbatch`` accepts.
+    """
+    m = _SLURM_TIME.match(text)
+    if not m:
+        return None
+    days, dh, dm, ds, mins, ms, hs = (int(g) if g is not None else None for g in m.groups())
+    if days is not None:  # D-H[:M[:S]]
+        return ((days * 24 + dh) * 60 + (dm or 0)) * 60 + (ds or 0)
+    if hs is not None:    # H:M:S
+        return (mins * 60 + ms) * 60 + hs
+    return mins * 60 + (ms or 0)  # M or M:S
+
+
+def _no_control(value: str, where: str) -> None:
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise InputError(f"{where} = {value!r} contains a control character (newline, tab, ...); "
+                         "it would break the batch script's #SBATCH lines")
 
 
 @dataclass(frozen=True)
 class Slurm:
-    """Resources of every sbatch script ``hpcsur submit`` renders (values are shell-quoted)."""
+    """Resources and environment of the sbatch scripts ``hpcsur submit`` renders (see slurm/README.md).
 
-    partition: Optional[str] = field(None)
+    MPI stages (generate, encode) get ``nodes`` x ``ntasks_per_node`` tasks, the training stages
+    ``[train] workers`` tasks of ``[train] threads`` CPUs, single-process stages (evaluate) one task
+    with the CPUs of one node's tasks. ``setup`` lines
+    are the user's own shell code, run verbatim before each stage; every other value is checked
+    here (names, sizes, times) and quoted when rendered, so it can never inject shell code.
+    """
+
+    partition: Optional[str] = field(None, doc="partition(s), comma-separated; default: the cluster's")
     account: Optional[str] = field(None)
+    qos: Optional[str] = field(None)
     nodes: int = field(1, ge=1)
     ntasks_per_node: int = field(2, ge=1)
     cpus_per_task: int = field(1, ge=1)
-    time: str = field("01:00:00", doc="wall-clock limit: MM, HH:MM:SS or D-HH:MM:SS")
-    mem: Optional[str] = field(None, doc="e.g. 4G; default: the partition's")
-    launcher: str = field("mpiexec", choices=("mpiexec", "srun"))
-    signal_seconds: int = field(90, ge=1, doc="SIGUSR1 this many seconds before the time limit")
-    requeue: bool = field(True)
+    time: str = field("01:00:00", doc="wall-clock limit of each stage: MM, HH:MM:SS, D-HH or D-HH:MM:SS")
+    mem: Optional[str] = field(None, doc="memory per node, e.g. 4G; default: the partition's")
+    launcher: str = field("mpiexec", choices=("mpiexec", "srun"),
+                          doc="how MPI stages start their ranks: the MPI's own mpiexec inside the "
+                              "allocation, or srun --mpi=<mpi>")
+    mpi: str = field("pmi2", choices=("pmi2", "pmix", "pmix_v3", "pmix_v4", "pmix_v5", "cray_shasta", "none"),
+                     doc="srun --mpi plugin for launcher = srun: pmi2 for MPICH (pip mpich), pmix for Open MPI")
+    mpiexec: str = field("", doc="the mpiexec command for launcher = mpiexec; default: the one installed "
+                                 "next to hpcsur (the venv's MPICH)")
+    signal_seconds: int = field(90, ge=1, le=65535,
+                                doc="SIGUSR1 this many seconds before the time limit: the stage stops, the "
+                                    "job requeues itself and resumes (Slurm may signal up to 60 s early)")
+    requeue: bool = field(True, doc="requeue a stage stopped by the time-limit signal or a node failure")
+    options: list[str] = field([], doc="extra sbatch options, e.g. [\"--constraint=cpu\", \"--gres=gpu:1\"]")
     setup: list[str] = field([], doc="shell lines run before each stage (module load ..., source ...)")
 
+    @property
+    def time_seconds(self) -> int:
+        """The time limit in seconds (validated)."""
+        return slurm_time_seconds(self.time) or 0
+
     def validate(self, where: str) -> None:
-        if not _SLURM_TIME.match(self.time):
-            raise InputError(f"{where} time = {self.time!r} is not a Slurm time; allowed: MM, HH:MM:SS or D-HH:MM:SS")
+        seconds = slurm_time_seconds(self.time)
+        if seconds is None:
+            raise InputError(f"{where} time = {self.time!r} is not a Slurm time; allowed: MM, MM:SS, HH:MM:SS, "
+                             "D-HH, D-HH:MM or D-HH:MM:SS")
+        if seconds < 60:
+            raise InputError(f"{where} time = {self.time!r} is out of range; allowed: at least 1 minute "
+                             "(Slurm counts whole minutes; 0 would mean no limit)")
+        if self.signal_seconds >= seconds:
+            raise InputError(f"{where} signal_seconds = {self.signal_seconds} is out of range; allowed: "
+                             f"signal_seconds < time ({self.time} = {seconds} s)")
+        for name in ("partition", "account", "qos"):
+            value = getattr(self, name)
+            if value is not None and not _SLURM_NAME.match(value):
+                raise InputError(f"{where} {name} = {value!r} is not a Slurm name; allowed: letters, digits "
+                                 "and _ . + - (commas between several partitions)")
+        if self.mem is not None and not _SLURM_MEM.match(self.mem):
+            raise InputError(f"{where} mem = {self.mem!r} is not a Slurm memory size; allowed: an integer "
+                             "with an optional unit K, M, G or T (e.g. 4G)")
+        _no_control(self.mpiexec, f"{where} mpiexec")
+        for option in self.options:
+            _no_control(option, f"{where} options")
+            if not _SLURM_OPTION.match(option):
+                raise InputError(f"{where} options: {option!r} is not a long sbatch option; write e.g. "
+                                 "\"--constraint=cpu\"")
+        for line in self.setup:
+            if "\0" in line:
+                raise InputError(f"{where} setup: {line!r} contains a NUL character")
 
 
 @dataclass(frozen=True)
@@ -237,6 +401,7 @@ class JobSpec:
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
     slurm: Slurm = Slurm()
+    campaign: Optional[Campaign] = None
     source: str = ""
 
     @property
@@ -279,7 +444,7 @@ class JobSpec:
 DATA_SECTIONS = ("system", "simulation", "initial", "labels")
 #: Optional sections: table name -> dataclass (None in JobSpec when absent, unless it has defaults).
 OPTIONAL_SECTIONS = {"output": Output, "split": Split, "autoencoder": Autoencoder, "latent": Latent,
-                     "train": Train, "evaluate": Evaluate, "slurm": Slurm}
+                     "train": Train, "evaluate": Evaluate, "slurm": Slurm, "campaign": Campaign}
 SECTIONS = DATA_SECTIONS + ("store", "parallel") + tuple(OPTIONAL_SECTIONS)
 
 
@@ -314,6 +479,7 @@ def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> J
     spec = JobSpec(name=name or Path(source).stem, kind=kind, system=system, simulation=simulation,
                    initial=initial, labels=labels, store=store, parallel=parallel, source=source, **optional)
     _check_learning(spec)
+    _check_campaign(spec)
     return spec
 
 

@@ -1,20 +1,24 @@
 """Block decomposition of the grid systems (Allen-Cahn 2-D, Predator-Prey 1-D) over a rank grid.
 
 Each rank owns a rectangular block of the grid (:func:`hpcsur.parallel.grid.block_range`) and keeps
-it padded with a one-cell halo: ``(n_fields, n0 + 2[, n1 + 2])``. Before every evaluation of the
-vector field the halo is exchanged with the neighbours (non-blocking) and mirrored on physical
-boundaries; then the *same* stencil kernels as the serial systems run on the padded block. Every
-grid point therefore evaluates the same expression on the same operands as in a serial run, and
-trajectories are bit-identical for any rank grid.
+it padded with a halo ``d`` cells deep: ``pad`` has shape ``(n_fields, n0 + 2d[, n1 + 2d])``. The
+halo is exchanged with the neighbours (non-blocking) and mirrored on physical boundaries by
+:class:`hpcsur.parallel.grid.GridHalo`. Every grid point evaluates the same expression on the same
+operands as in a serial run, so trajectories are bit-identical for any rank grid.
 
 Time stepping mirrors the serial steppers exactly:
 
-* Allen-Cahn RK4: four fused sweeps per step (``ac_rk4_stage_from_padded`` x 3, then
-  ``ac_rk4_final_from_padded``), a halo exchange after each -- the decomposable schedule of the
-  serial wavefront kernel, bit-identical to it;
-* everything else: :mod:`hpcsur.systems.integrators` (Euler, RK4) on the local state vector, with
-  the vector field evaluated by halo exchange + padded kernel. Those integrators are elementwise,
-  so the split does not change a single bit.
+* Allen-Cahn RK4 (``d = 4``): one halo exchange per step, then the fused row wavefront on the
+  padded block (:func:`hpcsur.systems.stencils.ac_rk4_step_block`). Stage s of the step is
+  computed on the block widened by ``4 - s`` cells towards each neighbour (those cells are
+  recomputed redundantly, bit-identical to their owner's values) and mirrored at physical edges
+  after every stage, as the serial wavefront does. Per step a rank moves its block once through
+  memory (read x, write x') plus 4 halo layers per neighbour, instead of 4 stage sweeps
+  (13 fields of traffic per point) with an exchange after each.
+* everything else (``d = 1``): :mod:`hpcsur.systems.integrators` (Euler, RK4) on the local state
+  vector, with the vector field evaluated by halo exchange + padded kernel. Those integrators are
+  elementwise, so the split does not change a single bit. Allen-Cahn RK4 falls back to this when
+  a block is thinner than 4 cells along some axis (a 4-deep halo would span two neighbours).
 """
 from __future__ import annotations
 
@@ -27,6 +31,16 @@ from hpcsur.systems.allen_cahn import AllenCahn
 from hpcsur.systems.integrators import INTEGRATORS
 
 
+def halo_depth(is_2d: bool, method: str, shape, grid) -> int:
+    """Halo depth of the decomposition: ``RK4_HALO`` for Allen-Cahn RK4 when every block has at
+    least that many cells along each axis (the smallest block of ``n`` over ``p`` is ``n // p``),
+    else 1. A pure function of the global problem, so all ranks agree."""
+    deep = stencils.RK4_HALO
+    if is_2d and method == "rk4" and all(n // p >= deep for n, p in zip(shape, grid)):
+        return deep
+    return 1
+
+
 class FieldDomain:
     """One grid-system trajectory decomposed over ``grid`` (see the module docstring)."""
 
@@ -37,17 +51,26 @@ class FieldDomain:
         self.shape = (n, n) if self.is_2d else (n,)
         self.n_fields = 1 if self.is_2d else 2
         self.cart = CartGrid.create(comm, grid)
-        self.halo = GridHalo(self.cart, len(self.shape))
+        self.depth = halo_depth(self.is_2d, integrator, self.shape, self.cart.dims)
+        self.halo = GridHalo(self.cart, len(self.shape), self.depth)
         coords = self.cart.coords
-        self.ranges = [block_range(n_axis, parts, c) for n_axis, parts, c in zip(self.shape, grid, coords)]
+        self.ranges = [block_range(n_axis, parts, c) for n_axis, parts, c in zip(self.shape, self.cart.dims, coords)]
         self.local_shape = tuple(b - a for a, b in self.ranges)
-        self.pad = np.zeros((self.n_fields,) + tuple(s + 2 for s in self.local_shape))
-        self.interior = (slice(None),) + tuple(slice(1, -1) for _ in self.shape)
+        d = self.depth
+        self.pad = np.zeros((self.n_fields,) + tuple(s + 2 * d for s in self.local_shape))
+        self.interior = (slice(None),) + tuple(slice(d, -d) for _ in self.shape)
+        # The one-cell-halo view the single-sweep kernels (rhs, labels) read.
+        self._unit = (slice(None),) + tuple(slice(d - 1, s + d + 1) for s in self.local_shape)
+        # Physical sides (low0, high0[, low1, high1]): blocks touching the grid edge.
+        self.physical = tuple(flag for (a, b), n_axis in zip(self.ranges, self.shape)
+                              for flag in (a == 0, b == n_axis))
         if self.is_2d:
             self.kargs = (system.inv_h2, system.inv_eps2)
-            self._scratch = [np.zeros_like(self.pad[0]) for _ in range(4)]
         else:
             self.kargs = system._kernel_args
+        if d > 1:
+            self._next = np.zeros_like(self.pad)
+            self._rings = [np.zeros((stencils.RING, self.pad.shape[2])) for _ in range(3)]
 
     # ------------------------------------------------------------------ state in and out
     def _global_fields(self, x: np.ndarray) -> np.ndarray:
@@ -76,14 +99,15 @@ class FieldDomain:
         self.pad[self.interior] = xloc.reshape((self.n_fields,) + self.local_shape)
         self.halo.exchange(self.pad)
         out = np.empty((self.n_fields,) + self.local_shape)
+        unit = self.pad[self._unit]
         if self.is_2d:
-            stencils.ac_rhs_from_padded(self.pad[0], out[0], *self.kargs)
+            stencils.ac_rhs_from_padded(unit[0], out[0], *self.kargs)
         else:
-            stencils.pp_rhs_from_padded(self.pad[0], self.pad[1], out[0], out[1], *self.kargs)
+            stencils.pp_rhs_from_padded(unit[0], unit[1], out[0], out[1], *self.kargs)
         return out.reshape(-1)
 
     def advance(self, steps: int) -> None:
-        if self.is_2d and self.method == "rk4":
+        if self.depth > 1:
             self._advance_ac_rk4(steps)
             return
         step = INTEGRATORS[self.method]
@@ -94,42 +118,32 @@ class FieldDomain:
         self.halo.exchange(self.pad)
 
     def _advance_ac_rk4(self, steps: int) -> None:
-        """RK4 as four fused sweeps with a halo exchange after each (bit-identical to serial)."""
-        dt = self.dt
-        half_dt = 0.5 * dt
-        y1, y2, y3, nxt = self._scratch
-        state = self.pad[0]
-        cur = state
-        inv_h2, inv_eps2 = self.kargs
-        exchange = self.halo.exchange
+        """RK4 steps as one deep-halo exchange + one fused block wavefront each (module docstring).
+
+        ``pad`` and ``_next`` are ping-ponged; on return ``pad`` holds the state, halo filled.
+        """
         for _ in range(steps):
-            stencils.ac_rk4_stage_from_padded(cur, cur, y1, half_dt, inv_h2, inv_eps2)
-            exchange(y1[None])
-            stencils.ac_rk4_stage_from_padded(y1, cur, y2, half_dt, inv_h2, inv_eps2)
-            exchange(y2[None])
-            stencils.ac_rk4_stage_from_padded(y2, cur, y3, dt, inv_h2, inv_eps2)
-            exchange(y3[None])
-            stencils.ac_rk4_final_from_padded(cur, y1, y2, y3, nxt, dt, inv_h2, inv_eps2)
-            exchange(nxt[None])
-            cur, nxt = nxt, cur  # ping-pong, no copy
-        if cur is not state:
-            state[...] = cur
+            stencils.ac_rk4_step_block(self.pad[0], self._next[0], *self._rings, self.depth,
+                                       *self.physical, self.dt, *self.kargs)
+            self.pad, self._next = self._next, self.pad
+            self.halo.exchange(self.pad)
 
     # ------------------------------------------------------------------ labels
     def labels(self, idx: np.ndarray, root: int):
         """f at the chosen grid points this rank owns, assembled in ``idx`` order on ``root``."""
         idx = np.asarray(idx, dtype=np.int64)
+        unit = self.pad[self._unit]
         if self.is_2d:
             n1 = self.shape[1]
             rows, cols = idx // n1, idx % n1
             (r0, r1), (c0, c1) = self.ranges
             mine = np.flatnonzero((rows >= r0) & (rows < r1) & (cols >= c0) & (cols < c1))
             out = np.empty(mine.size)
-            stencils.ac_partial_from_padded(self.pad[0], rows[mine] - r0, cols[mine] - c0, out, *self.kargs)
+            stencils.ac_partial_from_padded(unit[0], rows[mine] - r0, cols[mine] - c0, out, *self.kargs)
             values = out.reshape(-1, 1)
         else:
             (i0, i1), = self.ranges
             mine = np.flatnonzero((idx >= i0) & (idx < i1))
             values = np.empty((mine.size, 2))
-            stencils.pp_partial_from_padded(self.pad[0], self.pad[1], idx[mine] - i0, values, *self.kargs)
+            stencils.pp_partial_from_padded(unit[0], unit[1], idx[mine] - i0, values, *self.kargs)
         return assemble_labels(self.cart.comm, idx, mine, values, root)

@@ -2,11 +2,12 @@
 
 The global grid (1-D or 2-D, cell centred) is cut into ``dims`` blocks; rank ``coords`` owns the
 index range ``block_range(n, parts, c)`` along each axis. A local field is stored *padded* with a
-one-cell halo, shape ``(n_fields, ny+2, nx+2)`` (2-D) or ``(n_fields, nx+2)`` (1-D). The halo is
-filled from the neighbour's edge cells by non-blocking sends/receives; on a physical boundary it
-is filled by the Neumann mirror (ghost = edge value). Because every grid point then sees exactly
-the same neighbour values as in a serial run, the same stencil kernel gives bit-identical results
-for any number of ranks.
+halo of ``d`` cells (``d = 1`` for one stencil sweep, ``d = 4`` for a fused RK4 step), shape
+``(n_fields, ny + 2d, nx + 2d)`` (2-D) or ``(n_fields, nx + 2d)`` (1-D). The halo is filled from
+the neighbours' edge cells by non-blocking sends/receives (corners included); on a physical
+boundary it is filled by the Neumann mirror (ghost = edge value). Because every grid point then
+sees exactly the same neighbour values as in a serial run, the same stencil expressions give
+bit-identical results for any number of ranks.
 """
 from __future__ import annotations
 
@@ -77,40 +78,78 @@ def default_dims(size: int, ndim: int) -> tuple[int, ...]:
 
 
 class GridHalo:
-    """Halo exchange for padded blocks of a 1-D or 2-D structured grid.
+    """Exchange of a ``depth``-cell halo for padded blocks of a 1-D or 2-D structured grid.
 
-    The field axes are the trailing ``ndim`` axes of the padded array (leading axes are fields).
-    Axis ``a`` of the rank grid cuts array axis ``-ndim + a``... ordered so that rank-grid axis 0
-    is the slowest array axis (rows in 2-D).
+    The field axes are the trailing ``ndim`` axes of the padded array (leading axes are fields);
+    rank-grid axis ``a`` cuts array axis ``padded.ndim - ndim + a``, so rank-grid axis 0 is the
+    slowest field axis (rows in 2-D). Each array axis has ``depth`` halo layers on both ends.
+
+    Algorithm (one call): axis by axis, in order, post non-blocking receives of the two halo slabs
+    (``depth`` layers each) and non-blocking sends of the two edge slabs of owned layers
+    ``[depth, 2 depth)`` and ``[n - 2 depth, n - depth)``, wait, unpack. A slab spans the *whole*
+    padded extent of the other axes, so the second axis forwards the corner cells the first axis
+    has just received: after the call the corners hold the diagonal neighbour's values, which a
+    deep-halo stencil schedule needs. On a physical boundary (no neighbour) every halo layer is
+    the Neumann mirror ghost = edge value, i.e. replication padding; that side is filled after the
+    axis's receives have completed, so its corners are right too. Send and receive buffers are
+    preallocated per array shape; owned blocks must be at least ``depth`` cells along each axis.
     """
 
-    def __init__(self, grid: CartGrid, ndim: int):
-        self.grid, self.ndim = grid, ndim
+    def __init__(self, grid: CartGrid, ndim: int, depth: int = 1):
+        if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 1:
+            raise InputError(f"halo depth: must be an integer >= 1, got {depth!r}")
+        self.grid, self.ndim, self.depth = grid, ndim, int(depth)
+        self._buffers: dict = {}
+
+    def _slabs(self, shape, arr_axis):
+        """Index tuples of the slabs along ``arr_axis``: the halos (recv_lo, recv_hi), the owned
+        edge slabs sent to the neighbours (send_lo, send_hi) and the single owned edge layers that a
+        physical side replicates (edge_lo, edge_hi)."""
+        d, n = self.depth, shape[arr_axis]
+        if n - 2 * d < d:
+            raise InputError(f"halo depth {d}: the owned block has {n - 2 * d} cells along array axis "
+                             f"{arr_axis}; it needs at least {d}")
+
+        def slab(a, b):
+            sl = [slice(None)] * len(shape)
+            sl[arr_axis] = slice(a, b)
+            return tuple(sl)
+
+        return {"recv_lo": slab(0, d), "send_lo": slab(d, 2 * d), "edge_lo": slab(d, d + 1),
+                "recv_hi": slab(n - d, n), "send_hi": slab(n - 2 * d, n - d), "edge_hi": slab(n - d - 1, n - d)}
+
+    def _plan(self, shape):
+        """Per axis: neighbours, slab indices and four preallocated buffers (cached per shape)."""
+        plan = self._buffers.get(shape)
+        if plan is None:
+            plan = []
+            for axis in range(self.ndim):
+                arr_axis = len(shape) - self.ndim + axis
+                slabs = self._slabs(shape, arr_axis)
+                slab_shape = list(shape)
+                slab_shape[arr_axis] = self.depth
+                bufs = [np.empty(slab_shape) for _ in range(4)]
+                plan.append((self.grid.neighbours(axis), slabs, bufs))
+            self._buffers[shape] = plan
+        return plan
 
     def exchange(self, padded: np.ndarray) -> None:
-        """Fill the one-cell halo of ``padded`` in place (neighbours, or the Neumann mirror)."""
+        """Fill the halo of ``padded`` in place (neighbours' edge slabs, or the Neumann mirror)."""
         from mpi4py import MPI
 
         comm = self.grid.comm
-        for axis in range(self.ndim):
-            arr_axis = padded.ndim - self.ndim + axis
-            lower, upper = self.grid.neighbours(axis)
-            n = padded.shape[arr_axis]
-
-            def face(i):
-                sl = [slice(None)] * padded.ndim
-                sl[arr_axis] = i
-                return tuple(sl)
-
-            send_lo = np.ascontiguousarray(padded[face(1)])       # my first interior layer
-            send_hi = np.ascontiguousarray(padded[face(n - 2)])   # my last interior layer
-            recv_lo = np.empty_like(send_lo)
-            recv_hi = np.empty_like(send_hi)
-            requests = [comm.Irecv(recv_lo, source=lower, tag=2 * axis),
-                        comm.Irecv(recv_hi, source=upper, tag=2 * axis + 1),
-                        comm.Isend(send_lo, dest=lower, tag=2 * axis + 1),
-                        comm.Isend(send_hi, dest=upper, tag=2 * axis)]
+        for axis, ((lower, upper), sl, bufs) in enumerate(self._plan(padded.shape)):
+            b_send_lo, b_send_hi, b_recv_lo, b_recv_hi = bufs
+            requests = []
+            if lower != MPI.PROC_NULL:
+                np.copyto(b_send_lo, padded[sl["send_lo"]])
+                requests += [comm.Irecv(b_recv_lo, source=lower, tag=2 * axis),
+                             comm.Isend(b_send_lo, dest=lower, tag=2 * axis + 1)]
+            if upper != MPI.PROC_NULL:
+                np.copyto(b_send_hi, padded[sl["send_hi"]])
+                requests += [comm.Irecv(b_recv_hi, source=upper, tag=2 * axis + 1),
+                             comm.Isend(b_send_hi, dest=upper, tag=2 * axis)]
             MPI.Request.Waitall(requests)
-            # Physical boundary: Neumann mirror (ghost = edge value), as in the serial kernel.
-            padded[face(0)] = recv_lo if lower != MPI.PROC_NULL else padded[face(1)]
-            padded[face(n - 1)] = recv_hi if upper != MPI.PROC_NULL else padded[face(n - 2)]
+            # Physical side: every halo layer = the edge layer (broadcast), i.e. replication.
+            padded[sl["recv_lo"]] = b_recv_lo if lower != MPI.PROC_NULL else padded[sl["edge_lo"]]
+            padded[sl["recv_hi"]] = b_recv_hi if upper != MPI.PROC_NULL else padded[sl["edge_hi"]]

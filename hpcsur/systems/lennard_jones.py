@@ -100,7 +100,8 @@ class LennardJonesParams:
 
 class CellList(NamedTuple):
     """A periodic cell list of one configuration (cells of side >= r_c), reusable across
-    ``partial_forces`` calls on that configuration. ``positions`` is the binned copy."""
+    ``partial_forces`` calls on that configuration. ``positions`` is the binned copy, ``grid``
+    the :class:`lj_kernels.CellGrid`."""
 
     cell_start: np.ndarray
     atoms: np.ndarray
@@ -108,13 +109,16 @@ class CellList(NamedTuple):
     spos: np.ndarray
     n_cell: np.ndarray
     positions: np.ndarray
+    grid: K.CellGrid
 
 
 class NeighbourList(NamedTuple):
     """A half Verlet list in cell-sorted slot order: slot ``s`` holds atom ``atoms[s]``; its
     partners are the slots ``nbr[nbr_start[s]:nbr_start[s+1]]`` (all > s) seen through the
     periodic images ``shifts[image[...]]``; ``offset[s]`` moves atom ``atoms[s]`` into the
-    build-time wrapped frame; ``ref_pos`` are the positions at build time (displacement check)."""
+    build-time wrapped frame; ``ref_pos`` are the positions at build time (displacement check).
+    ``nbr_mid`` splits a row into owned and ghost partners (a periodic box has no ghosts:
+    ``nbr_mid[s] = nbr_start[s + 1]``)."""
 
     atoms: np.ndarray
     nbr_start: np.ndarray
@@ -122,6 +126,7 @@ class NeighbourList(NamedTuple):
     image: np.ndarray
     offset: np.ndarray
     ref_pos: np.ndarray
+    nbr_mid: np.ndarray
 
 
 # ----------------------------------------------------------------------------- the system
@@ -143,7 +148,7 @@ class LennardJones:
         self._sigma2 = p.sigma ** 2
         self._min_r2 = (OVERLAP_FRACTION * p.sigma) ** 2
         # cells of side >= r_c for partial forces, >= r_c + skin for Verlet lists
-        self._partial_cells = np.floor(self._box / p.rcut).astype(np.int64)
+        self._partial_grid = K.make_grid(self._box, p.rcut)
         self._nbr_guess = 0
         self._shifts = K.image_shifts(self._box)
 
@@ -202,29 +207,23 @@ class LennardJones:
 
     # ------------------------------------------------------------------ neighbour lists
     def build_list(self, positions: np.ndarray, skin: float | None = None, check_overlap: bool = True) -> NeighbourList:
-        """Bin (grid of :func:`lj_kernels.list_grid`), sort atoms by cell, build the half Verlet list.
+        """Bin (cells of side >= r_c + skin, :func:`lj_kernels.make_grid`), sort atoms by cell,
+        build the half Verlet list (:func:`lj_kernels.half_list`, no ghosts).
 
         Raises InputError naming the pair when two atoms are closer than 0.5 sigma.
         """
         skin = self.params.skin if skin is None else skin
         pos = positions
         list_cut = self.params.rcut + skin
-        n_cell, stencil, min_image = K.list_grid(self._box, list_cut)
-        cell_start, atoms, _, spos = K.bin_periodic(pos, self._box, n_cell)
-        n = pos.shape[0]
-        capacity = max(self._nbr_guess, 16 * n)
+        grid = K.make_grid(self._box, list_cut)
+        cell_start, atoms, _, spos = K.bin_cells(pos, grid.mode, grid.origin, grid.length, grid.n_cell)
         min_r2 = self._min_r2 if check_overlap else -1.0
-        while True:
-            nbr_start, nbr, image, n_pairs, bad_a, bad_b = K.build_half_list(
-                spos, cell_start, self._box, n_cell, stencil, min_image, list_cut ** 2, min_r2, capacity)
-            if n_pairs <= capacity:
-                break
-            capacity = int(n_pairs * 1.2) + 16
-        self._nbr_guess = int(n_pairs * 1.2) + 16
-        if bad_a >= 0:
-            raise self._overlap_error(int(atoms[bad_a]), int(atoms[bad_b]), pos)
+        hl = K.half_list(spos, cell_start, grid, list_cut, min_r2=min_r2, capacity=self._nbr_guess)
+        self._nbr_guess = int(len(hl.nbr) * 1.2) + 16
+        if hl.bad_a >= 0:
+            raise self._overlap_error(int(atoms[hl.bad_a]), int(atoms[hl.bad_b]), pos)
         offset = K.frame_offsets(pos, atoms, spos)
-        return NeighbourList(atoms, nbr_start, nbr, image, offset, pos.copy())
+        return NeighbourList(atoms, hl.nbr_start, hl.nbr, hl.image, offset, pos.copy(), hl.nbr_mid)
 
     def _forces_from_list(self, pos: np.ndarray, nlist: NeighbourList):
         """(F in atom order, U, W) for positions ``pos`` using ``nlist``."""
@@ -232,8 +231,9 @@ class LennardJones:
         spos = np.empty((n, 3))
         K.gather_slots(pos, nlist.atoms, nlist.offset, spos)
         f_slots = np.empty((n, 3))
-        energy, virial = K.half_list_forces(spos, nlist.nbr_start, nlist.nbr, nlist.image, self._shifts, self._rc2,
-                                            self.params.epsilon, self._sigma2, self.params.energy_shift, f_slots)
+        energy, virial = K.half_list_forces(spos, nlist.nbr_start, nlist.nbr_mid, nlist.nbr, nlist.image, self._shifts,
+                                            self._rc2, self.params.epsilon, self._sigma2, self.params.energy_shift, 1.0,
+                                            f_slots)
         forces = np.empty((n, 3))
         K.scatter_slots(f_slots, nlist.atoms, forces)
         return forces, energy, virial
@@ -283,8 +283,9 @@ class LennardJones:
     def bin(self, positions) -> CellList:
         """O(N) binning (cells of side >= r_c), reusable by ``partial_forces(..., cells=)``."""
         pos = self._positions(positions)
-        cell_start, atoms, slot_of, spos = K.bin_periodic(pos, self._box, self._partial_cells)
-        return CellList(cell_start, atoms, slot_of, spos, self._partial_cells, pos.copy())
+        g = self._partial_grid
+        cell_start, atoms, slot_of, spos = K.bin_cells(pos, g.mode, g.origin, g.length, g.n_cell)
+        return CellList(cell_start, atoms, slot_of, spos, g.n_cell, pos.copy(), g)
 
     def partial_forces(self, positions, idx, cells: CellList | None = None) -> np.ndarray:
         """Forces on atoms ``idx`` only, shape ``(k, 3)``, equal to ``forces(positions)[0][idx]``.
@@ -304,8 +305,9 @@ class LennardJones:
         idx = check_indices(idx, pos.shape[0])
         if cells is not None and not np.array_equal(pos[idx], cells.positions[idx]):
             raise InputError("cells: binned from a different configuration; call lj.bin(positions) again")
-        f, close = K.partial_forces_periodic(idx, cells.cell_start, cells.slot_of, cells.spos, self._box,
-                                             cells.n_cell, self._rc2, self.params.epsilon, self._sigma2)
+        g = cells.grid
+        f, close = K.partial_forces_cells(cells.slot_of[idx], cells.spos, cells.cell_start, K.NO_GHOSTS, g.mode,
+                                          g.n_cell, g.box, g.stencil, self._rc2, self.params.epsilon, self._sigma2)
         if idx.size and close.min() < self._min_r2:
             self._raise_overlap_near(int(idx[np.argmin(close)]), cells.positions)
         return f
@@ -409,16 +411,17 @@ class VelocityVerlet:
             self._forces, self.potential_energy, self.virial = sysm._forces_from_list(pos, self._nlist)
         x_new = np.empty_like(x)
         half_skin2 = (0.5 * p.skin) ** 2
-        exceeded = K.kick_drift(x, self._forces, self.dt, 1.0 / p.mass, x_new, self._nlist.ref_pos, half_skin2)
+        exceeded = K.kick_drift(pos, x[3 * n:].reshape(n, 3), self._forces, self.dt, 1.0 / p.mass,
+                                x_new[:3 * n].reshape(n, 3), x_new[3 * n:].reshape(n, 3), self._nlist.ref_pos,
+                                half_skin2)
         self._since_build += 1
         new_pos = x_new[:3 * n].reshape(n, 3)
         if self._needs_rebuild(exceeded):
             self._rebuild(new_pos)
         nl = self._nlist
         self.potential_energy, self.virial = K.forces_and_kick(
-            x_new, nl.atoms, nl.offset, self._spos, self._f_slots, nl.nbr_start, nl.nbr, nl.image, sysm._shifts,
-            sysm._rc2, p.epsilon,
-            sysm._sigma2, p.energy_shift, self._forces, self.dt, 1.0 / p.mass)
+            x_new, nl.atoms, nl.offset, self._spos, self._f_slots, nl.nbr_start, nl.nbr_mid, nl.nbr, nl.image,
+            sysm._shifts, sysm._rc2, p.epsilon, sysm._sigma2, p.energy_shift, self._forces, self.dt, 1.0 / p.mass)
         self._last_pos = new_pos.copy()
         return x_new
 

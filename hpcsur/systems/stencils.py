@@ -1,13 +1,14 @@
 """Numba stencil kernels shared by the Allen-Cahn (2-D) and Predator-Prey (1-D) systems.
 
 Design: every kernel works on a *padded local block* — the block's own values plus a one-cell halo
-on each side. The halo holds either the neighbouring block's edge values (domain decomposition) or
-the Neumann mirror ``ghost = edge value`` (a physical boundary; the replication padding of the
-reference code). The serial systems fill the halo with :func:`fill_neumann_halo` and call the very
-same kernels, so a decomposed run whose halos are exchanged between sweeps reproduces the serial
-result bit for bit: every grid point evaluates the same expression, in the same order, on the same
-operands. No kernel contains a reduction whose order depends on the block shape, except the
-energy row sums, which are per-row (see :func:`ac_energy_row_sums_from_padded`).
+on each side (four cells for the fused decomposed RK4 step, :func:`ac_rk4_step_block`). The halo
+holds either the neighbouring block's edge values (domain decomposition) or the Neumann mirror
+``ghost = edge value`` (a physical boundary; the replication padding of the reference code). The
+serial systems fill the halo with :func:`fill_neumann_halo` and call the very same kernels, so a
+decomposed run whose halos are exchanged between sweeps reproduces the serial result bit for bit:
+every grid point evaluates the same expression, in the same order, on the same operands. No
+kernel contains a reduction whose order depends on the block shape, except the energy row sums,
+which are per-row (see :func:`ac_energy_row_sums_from_padded`).
 
 Conventions
 -----------
@@ -223,7 +224,8 @@ def ordered_sum(values):
 # the final sweep *recomputes* k1..k4 from x, y1, y2, y3 instead of storing k's or a running sum:
 # recomputation costs flops, storing costs memory traffic, and this kernel is bandwidth-bound.
 # Traffic per point and step: reads 1+2+2+4 = 9 fields, writes 4 fields (13 x 8 bytes). These
-# stage kernels serve the domain-decomposed schedule; serially the row wavefront below is faster.
+# stage kernels are the reference schedule (one halo exchange per stage would decompose them); the
+# row wavefront below, serial or on a deep-halo block, is faster.
 
 
 @njit(cache=True)
@@ -257,9 +259,10 @@ def ac_rk4_final_from_padded(xpad, y1pad, y2pad, y3pad, dst_pad, dt, inv_h2, inv
 def ac_rk4_steps_stagewise(xpad, y1, y2, y3, out, steps, dt, inv_h2, inv_eps2):
     """``steps`` serial RK4 steps as four full-grid sweeps per step (the decomposable schedule).
 
-    This is the schedule a domain-decomposed run follows (halo exchange after each sweep); the
-    serial fast path is :func:`ac_rk4_steps_serial`. ``xpad`` (input, halo filled) and ``out`` are
-    ping-ponged; returns the padded array holding the final state. ``y1..y3``: scratch, padded.
+    A decomposition of this schedule needs a halo exchange after each sweep; the fast paths are
+    :func:`ac_rk4_steps_serial` and, per block, :func:`ac_rk4_step_block`. ``xpad`` (input, halo
+    filled) and ``out`` are ping-ponged; returns the padded array holding the final state.
+    ``y1..y3``: scratch, padded.
     """
     half_dt = 0.5 * dt
     cur = xpad
@@ -392,6 +395,109 @@ def ac_rk4_steps_serial(xpad, out, ring1, ring2, ring3, steps, dt, inv_h2, inv_e
         ac_rk4_step_wavefront(cur, nxt, ring1, ring2, ring3, dt, inv_h2, inv_eps2)
         cur, nxt = nxt, cur
     return cur
+
+
+# ---- domain-decomposed fast path: the same wavefront on a block with a 4-deep halo ----------
+#
+# A decomposed RK4 step needs stage s (y1, y2, y3, then x' as "stage 4") on the owned block
+# widened by 4 - s cells towards every neighbour: x' on the block needs y1..y3 one cell out, y3 one
+# cell out needs y2 two cells out, y2 two out needs y1 three out, and y1 three out needs x four
+# out. So one exchange of a 4-deep halo of x (corners included) per step is enough; the widened
+# stage rows are recomputed redundantly by both blocks that share them, with the very expression
+# and operands the owner uses, hence bit for bit the owner's values. On a physical side a stage is
+# not widened: its rows/columns stop at the edge and are mirrored (ghost = edge value) after every
+# stage, exactly as the serial wavefront does. With every side physical the result equals
+# :func:`ac_rk4_step_wavefront` on the whole grid.
+
+RK4_HALO = 4        # halo depth that makes one exchange per RK4 step sufficient
+
+
+@njit(cache=True)
+def _stage_span(stage, own_lo, own_hi, phys_lo, phys_hi):
+    """Half-open index range [lo, hi) on which RK4 stage ``stage`` (1..4) is computed along one
+    axis: the owned range widened by ``RK4_HALO - stage`` on each non-physical side."""
+    widen = RK4_HALO - stage
+    lo = own_lo if phys_lo else own_lo - widen
+    hi = own_hi if phys_hi else own_hi + widen
+    return lo, hi
+
+
+@njit(cache=True)
+def _mirror_span_ends(row, lo, hi, phys_lo, phys_hi):
+    """Neumann ghosts of one stage row computed on columns [lo, hi) (physical sides only)."""
+    if phys_lo:
+        row[lo - 1] = row[lo]
+    if phys_hi:
+        row[hi] = row[hi - 1]
+
+
+@njit(cache=True)
+def ac_rk4_step_block(xpad, out, ring1, ring2, ring3, depth, low0, high0, low1, high1,
+                      dt, inv_h2, inv_eps2):
+    """One RK4 step of a block padded with a ``depth``-deep halo (``depth >= RK4_HALO``).
+
+    ``xpad``: ``(n0 + 2 depth, n1 + 2 depth)``, the block at ``[depth:-depth, depth:-depth]``; the
+    halo holds the neighbours' x on non-physical sides (corners included) and the Neumann mirror
+    (edge value) at least one cell deep on physical sides. ``low0, high0, low1, high1``: physical
+    flags of the first/last row and column. ``out``: same shape, must not alias ``xpad``; only its
+    owned block is written (refill its halo by exchange before the next step). ``ring1..3``:
+    ``(RING, n1 + 2 depth)`` scratch rows for y1, y2, y3.
+
+    Row wavefront as in :func:`ac_rk4_step_wavefront`: at time t it computes y1 row t, y2 row
+    t-1, y3 row t-2 and x' row t-3, each on its span (:func:`_stage_span`); a stage row's
+    neighbours above/below are clamped to the row itself at a physical edge (the mirror).
+    """
+    if depth < RK4_HALO:
+        raise ValueError("ac_rk4_step_block: the halo must be at least RK4_HALO = 4 cells deep")
+    n0 = xpad.shape[0] - 2 * depth
+    n1 = xpad.shape[1] - 2 * depth
+    half_dt = 0.5 * dt
+    r_lo1, r_hi1 = _stage_span(1, depth, depth + n0, low0, high0)
+    r_lo2, r_hi2 = _stage_span(2, depth, depth + n0, low0, high0)
+    r_lo3, r_hi3 = _stage_span(3, depth, depth + n0, low0, high0)
+    r_lo4, r_hi4 = _stage_span(4, depth, depth + n0, low0, high0)
+    c_lo1, c_hi1 = _stage_span(1, depth, depth + n1, low1, high1)
+    c_lo2, c_hi2 = _stage_span(2, depth, depth + n1, low1, high1)
+    c_lo3, c_hi3 = _stage_span(3, depth, depth + n1, low1, high1)
+    c_lo4, c_hi4 = _stage_span(4, depth, depth + n1, low1, high1)
+    for t in range(r_lo1, r_hi4 + 3):
+        r = t                                   # y1 row r from x rows r-1..r+1
+        if r_lo1 <= r < r_hi1:
+            a, b = c_lo1 - 1, c_hi1 + 1         # padded view: columns a+1..b-1 are computed
+            y = ring1[r & RING_MASK]
+            _ac_stage_row(xpad[r - 1, a:b], xpad[r, a:b], xpad[r + 1, a:b], xpad[r, a:b], y[a:b],
+                          half_dt, inv_h2, inv_eps2)
+            _mirror_span_ends(y, c_lo1, c_hi1, low1, high1)
+        r = t - 1                               # y2 row r from y1 rows r-1..r+1
+        if r_lo2 <= r < r_hi2:
+            up = max(r - 1, r_lo1) & RING_MASK   # clamping only ever bites at a physical edge
+            dn = min(r + 1, r_hi1 - 1) & RING_MASK
+            a, b = c_lo2 - 1, c_hi2 + 1
+            y = ring2[r & RING_MASK]
+            _ac_stage_row(ring1[up, a:b], ring1[r & RING_MASK, a:b], ring1[dn, a:b], xpad[r, a:b],
+                          y[a:b], half_dt, inv_h2, inv_eps2)
+            _mirror_span_ends(y, c_lo2, c_hi2, low1, high1)
+        r = t - 2                               # y3 row r from y2 rows r-1..r+1
+        if r_lo3 <= r < r_hi3:
+            up = max(r - 1, r_lo2) & RING_MASK
+            dn = min(r + 1, r_hi2 - 1) & RING_MASK
+            a, b = c_lo3 - 1, c_hi3 + 1
+            y = ring3[r & RING_MASK]
+            _ac_stage_row(ring2[up, a:b], ring2[r & RING_MASK, a:b], ring2[dn, a:b], xpad[r, a:b],
+                          y[a:b], dt, inv_h2, inv_eps2)
+            _mirror_span_ends(y, c_lo3, c_hi3, low1, high1)
+        r = t - 3                               # x' row r from x, y1, y2, y3 rows r-1..r+1
+        if r_lo4 <= r < r_hi4:
+            a, b = c_lo4 - 1, c_hi4 + 1
+            c = r & RING_MASK
+            up1, dn1 = max(r - 1, r_lo1) & RING_MASK, min(r + 1, r_hi1 - 1) & RING_MASK
+            up2, dn2 = max(r - 1, r_lo2) & RING_MASK, min(r + 1, r_hi2 - 1) & RING_MASK
+            up3, dn3 = max(r - 1, r_lo3) & RING_MASK, min(r + 1, r_hi3 - 1) & RING_MASK
+            _ac_final_row(xpad[r - 1, a:b], xpad[r, a:b], xpad[r + 1, a:b],
+                          ring1[up1, a:b], ring1[c, a:b], ring1[dn1, a:b],
+                          ring2[up2, a:b], ring2[c, a:b], ring2[dn2, a:b],
+                          ring3[up3, a:b], ring3[c, a:b], ring3[dn3, a:b],
+                          out[r, a:b], dt, inv_h2, inv_eps2)
 
 
 # --------------------------------------------------------------------------------------------

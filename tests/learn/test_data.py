@@ -1,0 +1,127 @@
+"""Streaming batches from a real sharded store: disjoint shards per worker, determinism, resume
+replay, reader modes, memory budget, statistics."""
+import numpy as np
+import pytest
+import torch
+
+from hpcsur import store as zstore
+from hpcsur.errors import InputError
+from hpcsur.learn.data import BatchStream, Piece, ShuffleBuffer, Split, frame_moments, pieces
+
+SCHEMA = zstore.DatasetSchema(n_traj=6, frames_per_traj=20, n_state=64, k=2, m=1, n_obs=1, full_labels=False,
+                              frames_per_shard=5, chunk_frames=5)
+ATTRS = {"system": "test", "params": {}, "layout": {"block_size": 1, "n_blocks": 64, "fields": ["x"]}, "p": 0.1,
+         "seed": 0, "dt": 0.1, "save_every": 1, "steps": 19}
+
+
+@pytest.fixture(scope="module")
+def store_path(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "store"
+    zstore.create_dataset(path, SCHEMA, ATTRS)
+    for s in range(SCHEMA.n_shards):
+        block = zstore.synthetic_shard(SCHEMA, s, seed=1)
+        block["step"] = np.arange(*SCHEMA.shard_frames(s))  # the global frame id, to track frames
+        zstore.write_shard(path, s, block)
+    return str(path)
+
+
+def frame_ids(batches):
+    return [int(g) for b in batches for g in b["step"]]
+
+
+def test_pieces_cover_a_frame_range_exactly():
+    sel = pieces((3, 17), 5)
+    assert sel == {0: Piece(0, 3, 5), 1: Piece(1, 0, 5), 2: Piece(2, 0, 5), 3: Piece(3, 0, 2)}
+    assert sum(p.frames for p in sel.values()) == 14
+
+
+def test_split_ranges():
+    sp = Split(n_traj=10, frames_per_traj=20, validation=2, test=3)
+    assert sp.frames("train") == (0, 100) and sp.frames("validation") == (100, 140)
+    assert sp.frames("test") == (140, 200) and list(sp.trajectories("test")) == [7, 8, 9]
+
+
+def test_workers_read_disjoint_shards_and_take_equal_steps(store_path):
+    streams = [BatchStream(store_path, ["x", "step"], (0, 100), 4, rank=r, size=2, seed=3) for r in range(2)]
+    for epoch in range(3):
+        ids = [frame_ids(s.batches(epoch)) for s in streams]
+        assert len(ids[0]) == len(ids[1]) == streams[0].steps(epoch) * 4 > 0
+        shards = [{g // 5 for g in i} for i in ids]
+        assert not shards[0] & shards[1]                      # disjoint shards
+        for i in ids:
+            assert len(set(i)) == len(i) and all(0 <= g < 100 for g in i)   # no duplicates, in selection
+    # a new epoch deals the shards differently
+    assert {g // 5 for g in frame_ids(streams[0].batches(0))} != {g // 5 for g in frame_ids(streams[0].batches(1))}
+
+
+def test_batches_are_a_pure_function_of_seed_epoch_rank(store_path):
+    a = BatchStream(store_path, ["x", "step"], (0, 100), 4, rank=1, size=2, seed=3)
+    b = BatchStream(store_path, ["x", "step"], (0, 100), 4, rank=1, size=2, seed=3)
+    c = BatchStream(store_path, ["x", "step"], (0, 100), 4, rank=1, size=2, seed=4)
+    assert frame_ids(a.batches(2)) == frame_ids(b.batches(2)) != frame_ids(c.batches(2))
+
+
+def test_resume_replays_and_skips(store_path):
+    s = BatchStream(store_path, ["x", "step"], (0, 100), 4, seed=5)
+    full = list(s.batches(1))
+    tail = list(s.batches(1, skip=7))
+    assert len(tail) == len(full) - 7
+    for x, y in zip(full[7:], tail):
+        assert torch.equal(x["x"], y["x"]) and torch.equal(x["step"], y["step"])
+
+
+def test_cache_stream_and_spawned_readers_give_the_same_batches(store_path):
+    frame_bytes = 64 * 8 + 8
+    cached = BatchStream(store_path, ["x", "step"], (0, 100), 4, seed=6, shuffle_buffer=16)
+    streamed = BatchStream(store_path, ["x", "step"], (0, 100), 4, seed=6, shuffle_buffer=16,
+                           memory_mb=(3 * 5 + 16) * frame_bytes / 2 ** 20)
+    spawned = BatchStream(store_path, ["x", "step"], (0, 100), 4, seed=6, shuffle_buffer=16, loader_workers=1)
+    assert not cached.streaming and streamed.streaming and streamed.capacity == 16
+    ref = frame_ids(cached.batches(0))
+    assert frame_ids(streamed.batches(0)) == ref
+    assert frame_ids(spawned.batches(0)) == ref
+    x_ref = torch.cat([b["x"] for b in cached.batches(0)])
+    x_sp = torch.cat([b["x"] for b in spawned.batches(0)])
+    assert torch.equal(x_ref, x_sp) and x_ref.dtype == torch.float32
+
+
+def test_all_frames_covers_the_selection_once(store_path):
+    seen = []
+    for r in range(3):
+        s = BatchStream(store_path, ["step"], (20, 60), 3, rank=r, size=3, training=False)
+        seen += frame_ids(s.all_frames())
+    assert sorted(seen) == list(range(20, 60))
+
+
+def test_memory_budget_and_worker_count_errors_are_one_line(store_path):
+    with pytest.raises(InputError, match=r"memory_mb = .* too small") as err:
+        BatchStream(store_path, ["x"], (0, 100), 32, memory_mb=0.01)
+    assert "\n" not in str(err.value)
+    with pytest.raises(InputError, match=r"workers = 4: the 2 shard\(s\)"):
+        BatchStream(store_path, ["x"], (0, 10), 2, rank=0, size=4)
+    with pytest.raises(InputError, match="has no array 'jf'"):
+        BatchStream(store_path, ["jf"], (0, 10), 2)
+
+
+def test_incomplete_shards_are_refused(tmp_path):
+    path = tmp_path / "partial"
+    zstore.create_dataset(path, SCHEMA, ATTRS)
+    zstore.write_shard(path, 0, zstore.synthetic_shard(SCHEMA, 0))
+    with pytest.raises(InputError, match="shard 1 is incomplete"):
+        BatchStream(str(path), ["x"], (0, 10), 2)
+
+
+def test_shuffle_buffer_takes_without_loss_or_duplication():
+    buf = ShuffleBuffer(10, np.random.default_rng(0))
+    buf.put({"a": np.arange(10)}, 0, 10)
+    taken = np.concatenate([buf.take(3)["a"], buf.take(3)["a"]])
+    rest = buf.data["a"][:buf.n]
+    assert sorted(np.concatenate([taken, rest]).tolist()) == list(range(10))
+    assert buf.n == 4
+
+
+def test_frame_moments_match_numpy(store_path):
+    mean, std, count = frame_moments(store_path, "x", (7, 63))
+    x = zstore.open_dataset(store_path).global_frames(7, 63, ["x"])["x"]
+    assert count == 56
+    assert np.allclose(mean, x.mean(0), atol=1e-13) and np.allclose(std, x.std(0, ddof=1), atol=1e-13)

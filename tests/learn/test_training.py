@@ -1,0 +1,239 @@
+"""Training with real launches: SIGTERM mid-epoch + resume equals an uninterrupted run (both
+backends, 2 ranks), peak memory stays within the budget on a store larger than it, bad input."""
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+BIN = Path(sys.executable).parent
+HPCSUR, MPIEXEC = str(BIN / "hpcsur"), str(BIN / "mpiexec")
+
+PP_JOB = """
+[system]
+kind = "predator_prey"
+n = 20
+[simulation]
+trajectories = 12
+dt = 0.01
+steps = 590
+save_every = 10
+seed = 3
+[labels]
+p = 0.25
+full = true
+[store]
+path = "{store}"
+[output]
+dir = "{run}"
+[split]
+validation = 1
+test = 2
+[autoencoder]
+latent_dim = 4
+hidden = [16]
+lambda_cond = 1e-6
+epochs = 6
+batch = 8
+[latent]
+hidden = [{hidden}]
+equivalent_data = 60
+seeds = [1]
+epochs = 2
+batch = 16
+[train]
+workers = 2
+"""
+
+
+def write_job(folder: Path, name: str, store: Path, run: Path, hidden: int = 8) -> Path:
+    path = folder / f"{name}.toml"
+    path.write_text(PP_JOB.format(store=store, run=run, hidden=hidden))
+    return path
+
+
+@pytest.fixture(scope="module")
+def pp_store(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("train")
+    store = folder / "store"
+    job = write_job(folder, "gen", store, folder / "gen-run")
+    subprocess.run([MPIEXEC, "-n", "2", HPCSUR, "generate", str(job), "--no-progress"], check=True,
+                   capture_output=True, timeout=180)
+    return folder, store
+
+
+def workers_of(proc: subprocess.Popen) -> list:
+    import psutil
+
+    return [p for p in psutil.Process(proc.pid).children(recursive=True)
+            if "train-ae" in " ".join(p.cmdline()) and "hydra" not in p.name() and "mpiexec" not in p.name()]
+
+
+def final_state(run: Path) -> dict:
+    return torch.load(run / "autoencoder" / "checkpoint.pt", weights_only=False)
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("backend", ["ddp", "horovod"])
+def test_sigterm_mid_epoch_then_resume_equals_uninterrupted(pp_store, backend):
+    if backend == "horovod":
+        pytest.importorskip("horovod.torch", reason="horovod not built (make horovod)")
+    folder, store = pp_store
+    base = [MPIEXEC, "-n", "2", HPCSUR, "train-ae"]
+    ref_job = write_job(folder, f"ref-{backend}", store, folder / f"ref-{backend}")
+    subprocess.run(base + [str(ref_job), "--backend", backend, "--no-progress"], check=True, capture_output=True,
+                   timeout=300)
+
+    run = folder / f"cut-{backend}"
+    job = write_job(folder, f"cut-{backend}", store, run)
+    proc = subprocess.Popen(base + [str(job), "--backend", backend, "--no-progress"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    curve = run / "autoencoder" / "curve.csv"
+    deadline = time.time() + 240
+    while time.time() < deadline and proc.poll() is None:
+        if curve.exists() and len(curve.read_text().splitlines()) >= 2:  # epoch 0 finished
+            break
+        time.sleep(0.02)
+    ranks = workers_of(proc)
+    assert len(ranks) == 2, "both training ranks should be running"
+    ranks[-1].send_signal(signal.SIGTERM)   # one rank only: the others must stop with it
+    out, err = proc.communicate(timeout=240)
+    assert proc.returncode == 75, err
+    assert "checkpoint written, resume with --resume" in err
+    stopped = final_state(run)
+    assert (stopped["epoch"], stopped["step"]) < (6, 0)
+
+    resumed = subprocess.run(base + [str(job), "--backend", backend, "--resume", "--no-progress"],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr
+    a, b = final_state(folder / f"ref-{backend}")["model"], final_state(run)["model"]
+    assert a.keys() == b.keys()
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) <= 1e-10
+    losses = [[(r["epoch"], r["train"], r["val"]) for r in final_state(d)["curve"]] for d in (folder / f"ref-{backend}", run)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+
+
+MEMORY_SCRIPT = textwrap.dedent("""
+    import json, resource, sys
+    from pathlib import Path
+    import torch
+    from hpcsur.learn import config as cfg
+    from hpcsur.learn.distributed import init_backend
+    from hpcsur.learn.stages import train_autoencoder
+    store, run, budget = sys.argv[1], Path(sys.argv[2]), float(sys.argv[3])
+    backend = init_backend("none")
+    ae = cfg.Autoencoder(latent_dim=3, hidden=[8], epochs=1, batch=32, lambda_cond=0.0)
+    train = cfg.Train(memory_mb=budget, shuffle_buffer=100000, prefetch=1)
+    # warm-up on the validation-sized problem so imports and kernels are not counted as data
+    train_autoencoder(store, run / "warm", cfg.Split(validation=1, test=1), ae,
+                      cfg.Train(memory_mb=4, shuffle_buffer=64, prefetch=1), backend, show_progress=False)
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    train_autoencoder(store, run / "real", cfg.Split(validation=1, test=1), ae, train, backend, show_progress=False)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    print(json.dumps({"growth_mb": (peak - base) / 2**20}))
+""")
+
+AC_JOB = """
+[system]
+kind = "allen_cahn"
+n = 64
+epsilon = 0.04
+[simulation]
+trajectories = 10
+dt = 2e-5
+steps = 399
+seed = 1
+integrator = "rk4"
+[labels]
+p = 0.05
+[store]
+path = "{store}"
+frames_per_shard = 20
+"""
+
+
+@pytest.mark.mpi
+def test_streaming_keeps_peak_memory_below_the_budget(tmp_path):
+    """An AE epoch over 8 trajectories x 400 frames x 32 KB = 105 MB of states with a 24 MB budget:
+    the peak RSS grows by less than the budget; a budget that lets it cache grows by the data."""
+    store = tmp_path / "ac"
+    job = tmp_path / "ac.toml"
+    job.write_text(AC_JOB.format(store=store))
+    subprocess.run([MPIEXEC, "-n", "2", HPCSUR, "generate", str(job), "--no-progress"], check=True,
+                   capture_output=True, timeout=300)
+    train_bytes = 8 * 400 * 64 * 64 * 8 / 2 ** 20
+
+    def growth(budget_mb: float) -> float:
+        out = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(store), str(tmp_path / f"r{budget_mb}"),
+                              str(budget_mb)], capture_output=True, text=True, timeout=300, check=True)
+        import json
+        return json.loads(out.stdout.strip().splitlines()[-1])["growth_mb"]
+
+    budget = 24.0
+    assert train_bytes > 4 * budget
+    streamed = growth(budget)
+    assert streamed < budget, f"peak RSS grew by {streamed:.1f} MB with a {budget} MB budget"
+    cached = growth(4 * train_bytes)       # the control: everything cached in memory
+    assert cached > 0.9 * train_bytes, f"the measurement should see the cache ({cached:.1f} MB)"
+
+
+def run_cli(*args, timeout=120):
+    return subprocess.run([HPCSUR, *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_checkpoint_from_another_model_is_one_clear_line(pp_store, tmp_path):
+    folder, store = pp_store
+    run = tmp_path / "run"
+    job = write_job(tmp_path, "a", store, run, hidden=8)
+    assert run_cli("train-ae", str(job), "--backend", "none", "--no-progress").returncode == 0
+    enc = subprocess.run([HPCSUR, "encode", str(job), "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert enc.returncode == 0, enc.stderr
+    first = run_cli("train-latent", str(job), "--loss", "lxp", "--backend", "none", "--no-progress")
+    assert first.returncode == 0, first.stderr
+    (run / "latent" / "lxp-s1" / "done.json").unlink()          # pretend it was interrupted
+    other = write_job(tmp_path, "a", store, run, hidden=12)     # same run folder, another architecture
+    res = run_cli("train-latent", str(other), "--loss", "lxp", "--backend", "none", "--resume", "--no-progress")
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "was written for shape" in errors[0], res.stderr
+
+
+@pytest.mark.parametrize("edit,message", [
+    ("latent_dim = 4", "latent_dim = 2 is out of range"),
+    ("full = true", "need all forces"),
+    ("workers = 2", "workers = 0 is out of range"),
+])
+def test_bad_learning_specs_are_one_line_before_anything_runs(pp_store, tmp_path, edit, message):
+    folder, store = pp_store
+    text = PP_JOB.format(store=store, run=tmp_path / "run", hidden=8)
+    replacement = {"latent_dim = 4": "latent_dim = 2", "full = true": "full = false",
+                   "workers = 2": "workers = 0"}[edit]
+    job = tmp_path / "bad.toml"
+    job.write_text(text.replace(edit, replacement))
+    res = run_cli("train-ae", str(job))
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_labels_in_an_encoded_store_are_refused(pp_store, tmp_path):
+    """A store generated without full forces cannot train L_z: one line, before training."""
+    from hpcsur import store as zstore
+    from hpcsur.errors import InputError
+    from hpcsur.learn import config as cfg
+    from hpcsur.learn.distributed import init_backend
+    from hpcsur.learn.stages import train_latent
+
+    folder, store = pp_store
+    schema = zstore.open_dataset(store).schema.encoded(4)
+    schema = type(schema)(**{**schema.to_dict(), "full_labels": False})
+    enc = tmp_path / "enc"
+    attrs = {k: zstore.open_dataset(store).attrs[k] for k in zstore.REQUIRED_ATTRS}
+    zstore.create_dataset(enc, schema, {**attrs, "latent_dim": 4, "p_eff": 0.25, "autoencoder": "x"})
+    with pytest.raises(InputError, match="loss lz needs array 'jf'"):
+        train_latent(str(enc), tmp_path / "run", cfg.Split(validation=1, test=2),
+                     cfg.Latent(equivalent_data=60, losses=["lz"]), cfg.Train(), init_backend("none"))

@@ -1,0 +1,82 @@
+"""`hpcsur run` end to end on a tiny Predator-Prey job: every stage, report, plots, and a resumed rerun."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+HPCSUR = str(Path(sys.executable).parent / "hpcsur")
+
+JOB = """
+[system]
+kind = "predator_prey"
+n = 20
+[simulation]
+trajectories = 14
+dt = 0.01
+steps = 290
+save_every = 10
+seed = 7
+[labels]
+p = 0.25
+full = true
+[store]
+path = "{root}/store"
+[output]
+dir = "{root}/run"
+[split]
+validation = 1
+test = 2
+[autoencoder]
+latent_dim = 4
+hidden = [16]
+epochs = 2
+batch = 32
+[latent]
+hidden = [8]
+losses = ["lz", "lx", "lxp"]
+equivalent_data = 60
+seeds = [1, 2]
+epochs = 3
+batch = 16
+[evaluate]
+substeps = 2
+"""
+
+
+@pytest.mark.mpi
+def test_run_chains_every_stage_and_resumes(tmp_path):
+    job = tmp_path / "tiny.toml"
+    job.write_text(JOB.format(root=tmp_path))
+    first = subprocess.run([HPCSUR, "run", str(job), "--ranks", "2", "--workers", "2"], capture_output=True,
+                           text=True, timeout=600)
+    assert first.returncode == 0, first.stdout + first.stderr
+    for stage in ("generate", "train-ae", "encode", "train-latent", "evaluate"):
+        assert f"[run] {stage}: exit 0" in first.stdout
+    run = tmp_path / "run"
+    report = json.loads((run / "report.json").read_text())
+    assert set(report["table"]) == {"lz", "lx", "lxp"}
+    assert report["table"]["lz"]["train_frames"] == 60 and report["table"]["lxp"]["train_frames"] == 240
+    for row in report["runs"]:
+        assert row["e_sq"] is not None and 0 < row["e_sq"] < 10
+    assert len(report["runs"]) == 6
+    for png in report["plots"].values():
+        assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "[latent]" in (run / "spec.toml").read_text()
+    assert "e (Eq. 43, squared)" in first.stdout
+
+    again = subprocess.run([HPCSUR, "run", str(job)], capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    for stage in ("generate", "train-ae", "encode", "train-latent"):
+        assert f"[run] {stage}: complete, skipped" in again.stdout
+    assert json.loads((run / "report.json").read_text())["table"] == report["table"]
+
+
+def test_run_rejects_an_unknown_stage(tmp_path):
+    job = tmp_path / "tiny.toml"
+    job.write_text(JOB.format(root=tmp_path))
+    res = subprocess.run([HPCSUR, "run", str(job), "--stages", "generate,train"], capture_output=True, text=True,
+                         timeout=60)
+    assert res.returncode == 2 and "'train' is not a stage" in res.stderr
+    assert not (tmp_path / "store").exists()
