@@ -24,7 +24,7 @@ $(STAMP): setup.cfg pyproject.toml
 	@echo "bootstrap: done ($(VENV))"
 
 demo: venv
-	@$(PY) -m hpcsur.cli.main demo
+	@$(PY) -m hpcsur.cli.main demo $(if $(FRESH),--fresh)
 
 # The local Slurm cluster (slurm/local: munged, slurmctld, slurmd; installed with apt when missing)
 # runs for the tests marked slurm. It is started first and stopped by the EXIT trap, so also when

@@ -26,6 +26,7 @@ COMMANDS = {
     "status": ("status", "the Slurm state of a submitted job's stages and its store's progress"),
     "campaign": ("campaign", "run a job's ensemble / parameter sweep ([campaign]) as dask tasks"),
     "monitor": ("monitor", "show a campaign's progress (from its stores) and its dashboard URL"),
+    "scale": ("scale", "strong / weak scaling of generate and train-ae over rank counts: table, plot, extrapolation"),
 }
 
 
@@ -56,6 +57,11 @@ def main(argv=None) -> int:
         if _mpi_rank() == 0:  # under mpiexec every rank raises the same error: report it once
             print(f"hpcsur {args.command}: error: {err}", file=sys.stderr)
         return 2
+    except BrokenPipeError:  # e.g. `hpcsur validate job.toml | head`: the reader left, not an error
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"hpcsur {args.command}: interrupted", file=sys.stderr)
         return 130

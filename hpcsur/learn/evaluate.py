@@ -88,20 +88,25 @@ def plot_observables(path: Path, t, z_true, predictions: dict, names, n_traj: in
 
 
 def plot_curves(path: Path, curves: dict[str, list[dict]]) -> None:
+    """Training (solid) and validation (dashed) loss per epoch; one panel per loss, whose scales
+    differ (L_x,p and L_x include their theta-independent residual r2)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for label, rows in curves.items():
-        if not rows:
-            continue
-        epochs = [r["epoch"] for r in rows]
-        line, = ax.semilogy(epochs, [r["train"] for r in rows], lw=1, label=f"{label} train")
-        ax.semilogy(epochs, [r["val"] for r in rows], "--", lw=1, color=line.get_color(), label=f"{label} val")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=7, ncol=2)
+    kinds = sorted({label.split("-s")[0] for label in curves})
+    fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(4.6 * max(len(kinds), 1), 3.8), squeeze=False)
+    for ax, kind in zip(axes[0], kinds):
+        for label, rows in curves.items():
+            if not rows or label.split("-s")[0] != kind:
+                continue
+            epochs = [r["epoch"] for r in rows]
+            line, = ax.semilogy(epochs, [r["train"] for r in rows], lw=1, label=f"{label} train")
+            ax.semilogy(epochs, [r["val"] for r in rows], "--", lw=1, color=line.get_color(), label=f"{label} val")
+        ax.set_title({"lz": "L_z", "lx": "L_x", "lxp": "L_x,p"}.get(kind, kind))
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=7)
+    axes[0][0].set_ylabel("loss")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

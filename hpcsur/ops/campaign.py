@@ -11,8 +11,8 @@ Each member is one dask task. The task writes the member's resolved spec to
 
     [mpiexec -n ranks_per_member] python -m hpcsur.cli.main generate <member>.toml --resume --no-progress
 
-(``--stages all``: ``hpcsur run <member>.toml``, the whole pipeline, which resumes finished stages
-itself). Output goes to ``<member run folder>/campaign-<stage>.log``. A dask worker has one thread,
+(``--stages all``: ``hpcsur run <member>.toml --ranks ranks_per_member``, the whole pipeline,
+which starts its own ranks and resumes finished stages itself). Output goes to ``<member run folder>/campaign-<stage>.log``. A dask worker has one thread,
 so it runs one member at a time; a member's ranks are processes of its own.
 
 Resume
@@ -73,6 +73,7 @@ from typing import Any, Iterator, Mapping, Optional
 from hpcsur.errors import InputError
 from hpcsur.ops.ensemble import member_spec, sweep_points
 from hpcsur.ops.jobspec import Campaign, JobSpec, check_dashboard, check_scheduler, dump_job
+from hpcsur.ops.slurm import sbatch_quote, slurm_filename
 from hpcsur.store.lock import acquire_lock, describe_holder
 from hpcsur.store.manifest import completed_shards, dir_bytes, read_attrs, write_json_atomic
 
@@ -80,8 +81,6 @@ log = logging.getLogger("hpcsur.campaign")
 
 STATE_FILE = "campaign.json"
 STAGES = ("generate", "all")
-#: stage name -> the hpcsur subcommand a member task runs
-STAGE_COMMANDS = {"generate": ("generate", "--resume", "--no-progress"), "all": ("run",)}
 
 
 # ----------------------------------------------------------------------------- members (pure)
@@ -270,9 +269,12 @@ def _mpiexec() -> str:
 
 
 def member_command(task: MemberTask, python: str, mpiexec: str | None = None) -> list[str]:
-    """The stage command of one member (pure): the hpcsur subcommand, under mpiexec when ranks > 1."""
-    cmd = [python, "-m", "hpcsur.cli.main", *STAGE_COMMANDS[task.stage][:1], task.spec_path,
-           *STAGE_COMMANDS[task.stage][1:]]
+    """The stage command of one member (pure): ``generate --resume``, under mpiexec when ranks > 1,
+    or for ``all`` the pipeline ``run``, which starts its own ranks (``--ranks``)."""
+    hpcsur = [python, "-m", "hpcsur.cli.main"]
+    if task.stage == "all":
+        return [*hpcsur, "run", task.spec_path, "--ranks", str(task.ranks)]
+    cmd = [*hpcsur, "generate", task.spec_path, "--resume", "--no-progress"]
     if task.ranks > 1:
         cmd = [mpiexec or "mpiexec", "-n", str(task.ranks), *cmd]
     return cmd
@@ -358,8 +360,10 @@ def slurm_job_kwargs(spec: JobSpec, settings: Settings) -> dict:
     lines come from ``[slurm]``; without ``mem`` the partition's default applies.
     """
     sl = spec.slurm
-    logs = slurm_log_dir(spec)
-    extra = [f"-o {logs}/%x-%j.out", f"-e {logs}/%x-%j.err"]  # not log_directory: made even by a dry run
+    logs = slurm_filename(slurm_log_dir(spec))
+    # not log_directory (made even by a dry run); quoted for sbatch's own parser (spaces, quotes, #)
+    extra = [f"-o {sbatch_quote(logs + '/%x-%j.out', 'run folder')}",
+             f"-e {sbatch_quote(logs + '/%x-%j.err', 'run folder')}"]
     if getattr(sl, "qos", None):
         extra.append(f"--qos={sl.qos}")
     extra += list(getattr(sl, "options", []))
@@ -560,12 +564,9 @@ def prepare(spec: JobSpec, settings: Settings) -> tuple[list[Member], dict[int, 
     """Validate everything and read the stores; writes nothing. Returns the members, their
     progress and the indices still to run."""
     members = plan_members(spec)
-    if settings.stages == "all":
-        from hpcsur.cli.main import COMMANDS
-
-        if "run" not in COMMANDS:
-            raise InputError("--stages all needs the 'hpcsur run' command, which this "
-                             "version does not have; use --stages generate")
+    if settings.stages == "all":  # the pipeline's learning stages need these tables
+        spec.require("autoencoder", "hpcsur campaign --stages all")
+        spec.require("latent", "hpcsur campaign --stages all")
     if settings.ranks_per_member > 1:
         _mpiexec()
     progress = {m.index: member_progress(m, check_hash=True) for m in members}

@@ -4,11 +4,13 @@
    of dt = 0.005; prints T, U, E per atom and the relative energy drift.
 2. Allen-Cahn: 64 x 64 torus, RK4 at dt = 0.1 h^2; prints the free energy (it must decrease).
 3. Partial forces: 50 atoms of the LJ configuration vs a full force call (same numbers, timing).
-4. ``mpiexec -n 2 hpcsur generate jobs/predator_prey.toml``: the paper's Predator-Prey data
-   (reduced ensemble) with partial labels p = 1/5, into a sharded zarr store; then
-   ``store info`` and ``store verify``.
+4. ``hpcsur run jobs/predator_prey.toml --ranks 2``: the paper's Predator-Prey experiment at a
+   reduced scale -- data on 2 MPI ranks with partial labels p = 1/5, the closure autoencoder,
+   encoding, latent OnsagerNets trained with L_z and L_x,p at equal equivalent data (3 seeds,
+   2 data-parallel workers), RK4 rollouts -- then the table of both errors and the paths of the
+   report and plots. Finished stages of an earlier demo are reused (``--fresh`` starts over).
 
-Writes ``<workdir>/report.json`` and prints its path.
+Writes ``<run_dir>/demo.json`` next to the pipeline's ``report.json``.
 """
 from __future__ import annotations
 
@@ -84,47 +86,57 @@ def _allen_cahn_demo() -> dict:
     return {"free_energy": energies, "non_increasing": decreasing}
 
 
-def _generate_demo(workdir: Path) -> dict:
-    store = workdir / "predator_prey"
-    if store.exists():
-        shutil.rmtree(store)
+def _pipeline_demo(job: Path, fresh: bool) -> dict:
+    """``hpcsur run JOB --ranks 2``: generate (2 MPI ranks) -> train-ae -> encode -> train-latent -> evaluate."""
+    from hpcsur.ops.jobspec import load_job
+    from hpcsur.store import verify
+
+    spec = load_job(job)
+    if fresh:
+        for path in (Path(spec.store.path), Path(spec.run_dir)):
+            if path.exists():
+                shutil.rmtree(path)
+    elif Path(spec.run_dir).exists():
+        print(f"    (finished stages of an earlier demo are reused; `make demo FRESH=1` starts over)")
     bindir = Path(sys.executable).parent
-    cmd = [str(bindir / "mpiexec"), "-n", "2", str(bindir / "hpcsur"), "generate",
-           str(PROJECT / "jobs" / "predator_prey.toml"), "--output", str(store)]
-    print(f"\n[4] {' '.join(['mpiexec -n 2 hpcsur generate jobs/predator_prey.toml --output', str(store)])}")
+    cmd = [str(bindir / "hpcsur"), "run", str(job), "--ranks", "2"]
+    print(f"\n[4] hpcsur run {job.relative_to(PROJECT) if job.is_relative_to(PROJECT) else job} --ranks 2")
     t0 = time.perf_counter()
-    out = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    code = subprocess.call(cmd, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     elapsed = time.perf_counter() - t0
-    sys.stderr.write(out.stderr)
-    if out.returncode != 0:
-        raise SystemExit(f"demo: generate failed (exit {out.returncode})")
-    from hpcsur.store import info, verify
+    if code != 0:
+        raise SystemExit(f"demo: hpcsur run failed (exit {code})")
+    check = verify(spec.store.path)
+    report = json.loads((Path(spec.run_dir) / "report.json").read_text())
+    print(f"\n    store verify: {check.summary()}")
+    table = report["table"]
+    if "lz" in table and "lxp" in table and table["lz"]["e_sq"]["mean"] and table["lxp"]["e_sq"]["mean"]:
+        ratio = table["lxp"]["e_sq"]["mean"] / table["lz"]["e_sq"]["mean"]
+        print(f"    L_x,p / L_z error at equal equivalent data {report['equivalent_data']}: {ratio:.2f} "
+              f"(mean over {len(table['lz']['e_sq']['values'])} seeds; the paper's Table 1: 1.34e-3 / 3.19e-3 = 0.42)")
+    return {"job": str(job), "store": spec.store.path, "run_dir": spec.run_dir, "verify_ok": check.ok,
+            "report": str(Path(spec.run_dir) / "report.json"), "plots": report["plots"], "table": report["table"],
+            "seconds": elapsed}
 
-    summary = info(str(store))
-    report = verify(str(store))
-    print(f"    {summary['frames_complete']}/{summary['frames_total']} frames in "
-          f"{summary['shards_complete']} shards, {summary['bytes_on_disk'] / 1e6:.2f} MB, {elapsed:.1f} s")
-    print(f"    store verify: {report.summary()}")
-    return {"store": str(store), "frames": summary["frames_complete"], "shards": summary["shards_complete"],
-            "bytes": summary["bytes_on_disk"], "verify_ok": report.ok, "seconds": elapsed}
 
-
-def run_demo(workdir: str = "runs/demo") -> int:
-    work = Path(workdir)
-    if not work.is_absolute():
-        work = PROJECT / work
-    work.mkdir(parents=True, exist_ok=True)
+def run_demo(job: str = "jobs/predator_prey.toml", fresh: bool = False) -> int:
+    job_path = Path(job)
+    if not job_path.is_absolute() and not job_path.exists():
+        job_path = PROJECT / job_path
     t0 = time.perf_counter()
-    print("hpcsur demo: the microscopic engine and distributed data generation")
+    print("hpcsur demo: the microscopic engine, then the whole pipeline on", job_path.name)
     lj = _lj_demo()
     ac = _allen_cahn_demo()
     partial = _partial_demo(lj.pop("system"), lj.pop("state"))
-    gen = _generate_demo(work)
-    report = {"lennard_jones": lj, "allen_cahn": ac, "partial_forces": partial, "generate": gen,
-              "seconds": time.perf_counter() - t0}
-    path = work / "report.json"
-    path.write_text(json.dumps(report, indent=1))
-    print(f"\nreport: {path}\nstore:  {gen['store']}  (inspect with: .venv/bin/hpcsur store info {gen['store']})")
-    print(f"demo finished in {report['seconds']:.0f} s")
-    ok = ac["non_increasing"] and gen["verify_ok"] and partial["max_abs_difference"] < 1e-12
+    pipe = _pipeline_demo(job_path, fresh)
+    summary = {"lennard_jones": lj, "allen_cahn": ac, "partial_forces": partial, "pipeline": pipe,
+               "seconds": time.perf_counter() - t0}
+    path = Path(pipe["run_dir"]) / "demo.json"
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    print(f"\nreport: {pipe['report']}")
+    for name, png in pipe["plots"].items():
+        print(f"plot:   {png}  ({name})")
+    print(f"store:  {pipe['store']}  (inspect: .venv/bin/hpcsur store info {pipe['store']})")
+    print(f"demo finished in {summary['seconds']:.0f} s")
+    ok = ac["non_increasing"] and pipe["verify_ok"] and partial["max_abs_difference"] < 1e-12
     return 0 if ok else 1

@@ -6,7 +6,8 @@
     train-latent  mpiexec -n W hpcsur train-latent JOB --resume
     evaluate      hpcsur evaluate JOB
 
-A stage whose outputs are complete is skipped (its own ``--resume`` would also find nothing to do,
+A stage whose outputs are complete is skipped (evaluate: when report.json is newer than every
+trained model) (its own ``--resume`` would also find nothing to do,
 but skipping saves the start-up). Each stage runs in its own process group of ranks so MPI,
 numba and torch state never leak between stages; the same commands are what ``hpcsur submit``
 puts in sbatch scripts.
@@ -37,8 +38,15 @@ def _complete_store(path: str) -> bool:
     return summary["shards_complete"] == summary["shards_total"]
 
 
+def _latent_done_files(spec: JobSpec) -> list[Path]:
+    from hpcsur.learn.stages import run_name
+
+    return [Path(spec.run_dir) / "latent" / run_name(loss, seed) / "done.json"
+            for loss in spec.latent.losses for seed in spec.latent.seeds]
+
+
 def stage_done(spec: JobSpec, stage: str) -> bool:
-    """True when ``stage``'s outputs are complete (evaluate always reruns: it is cheap)."""
+    """True when ``stage``'s outputs are complete (the report: newer than every trained model)."""
     run = Path(spec.run_dir)
     if stage == "generate":
         return _complete_store(spec.store.path)
@@ -46,12 +54,12 @@ def stage_done(spec: JobSpec, stage: str) -> bool:
         return (run / "autoencoder" / "done.json").exists()
     if stage == "encode":
         return _complete_store(encoded_path(spec))
+    done = _latent_done_files(spec)
     if stage == "train-latent":
-        from hpcsur.learn.stages import run_name
-
-        return all((run / "latent" / run_name(loss, seed) / "done.json").exists()
-                   for loss in spec.latent.losses for seed in spec.latent.seeds)
-    return False
+        return all(f.exists() for f in done)
+    report = run / "report.json"
+    return (report.exists() and all(f.exists() for f in done)
+            and report.stat().st_mtime >= max(f.stat().st_mtime for f in done))
 
 
 def stage_command(job: str, stage: str, ranks: int, workers: int, backend: str | None = None) -> list[str]:
@@ -83,6 +91,8 @@ def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = 
             continue
         if stage_done(spec, stage):
             print(f"[run] {stage}: complete, skipped", flush=True)
+            if stage == "evaluate":
+                _print_report(spec)
             continue
         cmd = stage_command(job, stage, ranks, workers, backend)
         print(f"[run] {stage}: {' '.join(Path(c).name if i < 3 and '/' in c else c for i, c in enumerate(cmd))}",
@@ -96,3 +106,15 @@ def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = 
             return code
     print(f"[run] all stages done in {time.perf_counter() - t_all:.0f} s", flush=True)
     return 0
+
+
+def _print_report(spec: JobSpec) -> None:
+    import json
+
+    from hpcsur.ops.stages import format_table
+
+    report = json.loads((Path(spec.run_dir) / "report.json").read_text())
+    print(format_table(report))
+    print(f"report: {Path(spec.run_dir) / 'report.json'}")
+    for name, path in report["plots"].items():
+        print(f"plot ({name}): {path}")

@@ -323,13 +323,13 @@ class ParticleDomain:
             stay = owner == c
             if not np.all(stay | to_lower | to_upper):
                 raise RuntimeError("an atom moved further than one sub-box between list rebuilds (dt too large?)")
-            rows = np.concatenate([self.ids[:, None].astype(np.float64), self.x, self.v], axis=1)
-            got = exchange_rows(self.comm, [(rows[to_lower], lower, upper, 2 * axis),
-                                            (rows[to_upper], upper, lower, 2 * axis + 1)], 7)
-            kept = np.concatenate([rows[stay]] + got)
-            self.ids = kept[:, 0].astype(np.int64)
-            self.x = np.ascontiguousarray(kept[:, 1:4])
-            self.v = np.ascontiguousarray(kept[:, 4:7])
+            rows = [np.concatenate([self.ids[m, None].astype(np.float64), self.x[m], self.v[m]], axis=1)
+                    for m in (to_lower, to_upper)]  # [id, x, v] of the few that leave
+            got = np.concatenate(exchange_rows(self.comm, [(rows[0], lower, upper, 2 * axis),
+                                                           (rows[1], upper, lower, 2 * axis + 1)], 7))
+            self.ids = np.concatenate([self.ids[stay], got[:, 0].astype(np.int64)])
+            self.x = np.concatenate([self.x[stay], got[:, 1:4]])
+            self.v = np.concatenate([self.v[stay], got[:, 4:7]])
 
     def _borders(self, wrapped: np.ndarray, ids: np.ndarray):
         """Staged ghost exchange over the cut axes. Returns, in arrival order, the ghost positions,

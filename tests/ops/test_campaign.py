@@ -161,7 +161,7 @@ def test_member_command_and_environment():
         "/bin/mpiexec", "-n", "3", "py", "-m", "hpcsur.cli.main", "generate", "runs/pp-0/pp-0.toml",
         "--resume", "--no-progress"]
     single = MemberTask(0, "pp-0", "", "a.toml", "runs/pp-0", "all", 1, "/x")
-    assert member_command(single, "py") == ["py", "-m", "hpcsur.cli.main", "run", "a.toml"]
+    assert member_command(single, "py") == ["py", "-m", "hpcsur.cli.main", "run", "a.toml", "--ranks", "1"]
     parent = {"PATH": "/bin", "PMI_RANK": "2", "PMI_FD": "7", "HYDI_CONTROL_FD": "9", "MPI_LOCALRANKID": "2",
               "OMPI_COMM_WORLD_RANK": "2", "OMPI_MCA_btl": "self"}
     assert member_env(parent) == {"PATH": "/bin", "OMPI_MCA_btl": "self"}
@@ -212,7 +212,8 @@ def test_bad_options_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
     job = write_job(tmp_path)
     for args, message in [(("--dashboard", "0.0.0.0:1"), "--dashboard = '0.0.0.0:1' is not allowed"),
                           (("--stages", "train"), "--stages = 'train' is not allowed"),
-                          (("--workers", "0"), "--workers = 0 is out of range")]:
+                          (("--workers", "0"), "--workers = 0 is out of range"),
+                          (("--stages", "all"), "missing table [autoencoder] (needed by hpcsur campaign --stages all)")]:
         code, out, err = hpcsur_here(tmp_path, monkeypatch, capsys, "campaign", job.name, *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (args, err)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["pp.toml"]

@@ -68,7 +68,7 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
 
     again = subprocess.run([HPCSUR, "run", str(job)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
-    for stage in ("generate", "train-ae", "encode", "train-latent"):
+    for stage in ("generate", "train-ae", "encode", "train-latent", "evaluate"):
         assert f"[run] {stage}: complete, skipped" in again.stdout
     assert json.loads((run / "report.json").read_text())["table"] == report["table"]
 

@@ -33,9 +33,8 @@ HPCSUR = str(BIN / "hpcsur")
 MPIEXEC = str(BIN / "mpiexec")
 STATE = Path(os.environ.get("HPCSUR_SLURM_STATE", "/run/hpcsur-slurm"))
 
-#: The stage that runs after generate in the chain test. The lead: switch to "train-ae" once
-#: `hpcsur train-ae` exists (the spec below already has [split] and [autoencoder] tables).
-DEPENDENT_STAGE = "verify"
+#: The stage that runs after generate in the chain test: a training job (2 workers in the allocation).
+DEPENDENT_STAGE = "train-ae"
 
 # A tiny predator-prey job: 4 trajectories x 15 frames, 12 shards; seconds to generate.
 TINY = """
@@ -63,7 +62,8 @@ test = 1
 [autoencoder]
 latent_dim = 3
 hidden = [8]
-epochs = 1
+epochs = {epochs}
+batch = 4
 [slurm]
 time = "00:10:00"
 ntasks_per_node = {ntasks}
@@ -101,10 +101,10 @@ def toml_str(text: str) -> str:
 
 
 def tiny_job(folder: Path, name: str = "pp", store: str = "store/pp", run_dir: str = "runs/pp",
-             ntasks: int = 2, setup: tuple[str, ...] = ()) -> Path:
+             ntasks: int = 2, setup: tuple[str, ...] = (), epochs: int = 1) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{name}.toml"
-    path.write_text(TINY.format(store=toml_str(store), run_dir=toml_str(run_dir), ntasks=ntasks,
+    path.write_text(TINY.format(store=toml_str(store), run_dir=toml_str(run_dir), ntasks=ntasks, epochs=epochs,
                                 setup="[" + ", ".join(toml_str(s) for s in setup) + "]"))
     return path
 
@@ -529,6 +529,31 @@ def test_requeued_generate_resumes_and_completes(cluster, tmp_path, how):
     if how == "time-limit-signal":
         assert "SIGUSR1 (time limit near)" in err and f"requeueing job {gen['job_id']}" in err
     assert_complete(store)
+
+
+@pytest.mark.slurm
+def test_requeued_training_resumes_from_its_checkpoint(cluster, tmp_path):
+    """The time-limit signal reaches a running train-ae job: both workers stop at the next step,
+    checkpoint and exit 75; the script requeues the job, which resumes from the checkpoint."""
+    job = tiny_job(tmp_path, epochs=400)
+    gen = subprocess.run([MPIEXEC, "-n", "2", HPCSUR, "generate", job.name, "--no-progress"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=300)
+    assert gen.returncode == 0, gen.stderr
+    (train,) = submit(cluster, tmp_path, job, "--stages", "train-ae")
+    checkpoint = tmp_path / "runs" / "pp" / "autoencoder" / "checkpoint.pt"
+    deadline = time.monotonic() + 180
+    while not checkpoint.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), records(train["job_id"])
+    subprocess.run(["scancel", "--signal=USR1", "--batch", train["job_id"]], check=True, timeout=30)
+    (rec,) = wait_gone(train["job_id"], timeout=400)
+    run_dir = tmp_path / "runs" / "pp"
+    out, err = log_text(run_dir, "train-ae", train["job_id"]), log_text(run_dir, "train-ae", train["job_id"], "err")
+    assert rec["JobState"] == "COMPLETED" and int(rec["Restarts"]) >= 1, (rec, out, err)
+    assert "checkpoint written, resume with --resume" in err
+    assert "train-ae: resuming at epoch" in err
+    summary = json.loads((run_dir / "autoencoder" / "done.json").read_text())
+    assert summary["epochs"] == 400 and summary["workers"] == 2
 
 
 @pytest.mark.slurm
