@@ -104,7 +104,7 @@ def check_outputs(out: Path, mode: str) -> dict:
 
 
 @pytest.mark.mpi
-def test_strong_scaling_of_generate_and_train_ae(tmp_path):
+def test_strong_scaling_of_generate_and_train_ae(tmp_path, capsys):
     job = write_job(tmp_path)
     out = tmp_path / "strong"
     res = run_cli("scale", job, "--ranks", "1,2", "--mode", "strong", "--epochs", "1", "--output", out)
@@ -120,9 +120,9 @@ def test_strong_scaling_of_generate_and_train_ae(tmp_path):
     assert "model extrapolation" in res.stdout and "model constants" in res.stdout
     assert not (tmp_path / "unused-store").exists()
     # a second study into the same folder would reuse its stores: refused, one line, exit 2
-    again = run_cli("scale", job, "--ranks", "1,2", "--mode", "strong", "--stages", "generate", "--output", out)
-    assert again.returncode == 2 and len(again.stderr.strip().splitlines()) == 1
-    assert "--force" in again.stderr
+    code = main(["scale", str(job), "--ranks", "1,2", "--mode", "strong", "--stages", "generate", "--output", str(out)])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--force" in err[0]
 
 
 @pytest.mark.mpi
