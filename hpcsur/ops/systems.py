@@ -104,4 +104,4 @@ def make_domain(spec: JobSpec, system, group, grid):
         return SerialDomain(system, spec.simulation.dt, group, integrator=spec.integrator)
     from hpcsur.parallel.fields import FieldDomain
 
-    return FieldDomain(system, spec.simulation.dt, group, grid, integrator)
+    return FieldDomain(system, spec.simulation.dt, group, grid, spec.integrator)
