@@ -89,7 +89,7 @@ def plot_observables(path: Path, t, z_true, predictions: dict, names, n_traj: in
 
 def plot_curves(path: Path, curves: dict[str, list[dict]]) -> None:
     """Training (solid) and validation (dashed) loss per epoch; one panel per loss, whose scales
-    differ (L_x,p and L_x include their theta-independent residual r2)."""
+    differ (L_x and L_x,p without their theta-independent residual r2)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

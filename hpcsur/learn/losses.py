@@ -74,11 +74,12 @@ def full_triple(j: torch.Tensor, f: torch.Tensor, chol: torch.Tensor | None = No
     return r, y, r2, jf
 
 
-def residual_loss(g: torch.Tensor, r: torch.Tensor, y: torch.Tensor, r2: torch.Tensor,
+def residual_loss(g: torch.Tensor, r: torch.Tensor, y: torch.Tensor, r2: torch.Tensor | None,
                   weight: float = 1.0) -> torch.Tensor:
-    """Per-frame weight * (||y - R g||^2 + r2), shape (batch,)."""
+    """Per-frame weight * (||y - R g||^2 + r2), shape (batch,); ``r2=None`` leaves out the constant."""
     res = y - (r.to(g.dtype) @ g.unsqueeze(-1)).squeeze(-1)
-    return weight * ((res * res).sum(-1) + r2.to(g.dtype))
+    sq = (res * res).sum(-1)
+    return weight * (sq if r2 is None else sq + r2.to(g.dtype))
 
 
 def loss_lz(g: torch.Tensor, jf: torch.Tensor) -> torch.Tensor:
@@ -86,14 +87,18 @@ def loss_lz(g: torch.Tensor, jf: torch.Tensor) -> torch.Tensor:
     return ((jf.to(g.dtype) - g) ** 2).sum(-1)
 
 
-def batch_loss(kind: str, g: torch.Tensor, batch: dict, p: float) -> torch.Tensor:
-    """Mean over the batch of L_z, L_x or L_x,p from the encoded arrays of the batch."""
+def batch_loss(kind: str, g: torch.Tensor, batch: dict, p: float, constant: bool = True) -> torch.Tensor:
+    """Mean over the batch of L_z, L_x or L_x,p from the encoded arrays of the batch.
+
+    ``constant=False`` drops the theta-independent r2 terms: same gradients, same ordering of
+    models, but relative changes (a plateau scheduler's threshold, loss curves) then measure the
+    part of the loss the model can reduce.
+    """
     if kind == "lz":
         return loss_lz(g, batch["jf"]).mean()
-    if kind == "lx":
-        return residual_loss(g, batch["lx_R"], batch["lx_y"], batch["lx_r2"]).mean()
-    if kind == "lxp":
-        return residual_loss(g, batch["lxp_R"], batch["lxp_y"], batch["lxp_r2"], 1.0 / p).mean()
+    if kind in ("lx", "lxp"):
+        r2 = batch[f"{kind}_r2"] if constant else None
+        return residual_loss(g, batch[f"{kind}_R"], batch[f"{kind}_y"], r2, 1.0 / p if kind == "lxp" else 1.0).mean()
     raise ValueError(f"unknown loss {kind!r}")
 
 

@@ -44,14 +44,15 @@ class AutoencoderLoss(nn.Module):
 
 
 class LatentLoss(nn.Module):
-    """forward(batch) = (L_z | L_x | L_x,p, parts) of g = model(z) against the encoded arrays."""
+    """forward(batch) = (L_z | L_x | L_x,p without its theta-independent constant, parts) of
+    g = model(z) against the encoded arrays (the curves and the LR schedule see what g can reduce)."""
 
     def __init__(self, model: LatentDynamics, kind: str, p: float):
         super().__init__()
         self.model, self.kind, self.p = model, kind, p
 
     def forward(self, batch):
-        return batch_loss(self.kind, self.model(batch["z"]), batch, self.p), {}
+        return batch_loss(self.kind, self.model(batch["z"]), batch, self.p, constant=False), {}
 
 
 def use_threads(train: cfg.Train) -> None:

@@ -50,8 +50,11 @@ What is measured
   first, else the first epoch; it includes the validation pass and the checkpoint),
   ``samples/s`` = global training samples per epoch (steps x B x W) / ``time_s``; ``done.json``
   must report W workers.
-* speed-up = X(P) / X(P_min) with X the throughput; efficiency E = (X(P) / P) / (X(P_min) / P_min)
-  (for strong scaling that is T(P_min) P_min / (P T(P)), for weak scaling T(P_min) / T(P)).
+* speed-up = X(P) / X(P_min) with X the throughput in work units per second (training samples;
+  generated frames x sites per frame, so that weak scaling over the domain, where frames stay and
+  sites grow, counts its work); efficiency E = (X(P) / P) / (X(P_min) / P_min) (for strong scaling
+  that is T(P_min) P_min / (P T(P)), for weak scaling T(P_min) / T(P)). The table's throughput
+  column is frames/s (samples/s).
 * the 1-minute load average before and after each point (the host may be shared: timings are
   reported, never asserted).
 
@@ -233,6 +236,7 @@ class Point:
     grid: tuple[int, ...] = ()
     groups: int = 1
     labels_per_frame: int = 0
+    sites: int = 1          # sites (grid cells / atoms) per frame: efficiency counts frames x sites
     measured: bool = True   # False: the set-up run that only creates the training store
 
     @property
@@ -334,9 +338,7 @@ def weak_overrides(spec: JobSpec, weak_dim: str, factor: Fraction) -> dict:
         raise InputError(f"{spec.source}: weak scaling over the domain of {spec.kind} ({ndim}-D) needs P / P_min = "
                          f"{factor} to be {need}; choose other --ranks or --weak-dim ensemble")
     grid = [g * root for g in (spec.parallel.grid or (1,) * ndim)]
-    if spec.kind == "predator_prey":
-        return {"system.n": spec.system.n * root, "parallel.grid": grid}
-    if spec.kind == "allen_cahn":
+    if spec.kind in ("predator_prey", "allen_cahn"):  # n cells per axis
         return {"system.n": spec.system.n * root, "parallel.grid": grid}
     return {"system.n_atoms": spec.system.n_atoms * root ** 3, "parallel.grid": grid}
 
@@ -364,7 +366,8 @@ def generation_point(spec: JobSpec, mode: str, weak_dim: str, ranks: int, p_min:
                         scaled.store.path, scaled.run_dir)
     plan = make_plan(final, build_system(final), ranks)  # InputError when the grid does not fit the domain
     frames = final.simulation.trajectories * plan.frames_per_traj
-    return Point("generate", ranks, name, final, directory, frames, grid, groups, plan.k, measured)
+    return Point("generate", ranks, name, final, directory, frames, grid=grid, groups=groups,
+                 labels_per_frame=plan.k, sites=build_system(final).layout.n_blocks, measured=measured)
 
 
 def _slurm_layout(spec: JobSpec, ranks: int) -> tuple[int, int]:
@@ -428,7 +431,7 @@ def training_point(spec: JobSpec, mode: str, workers: int, w_max: int, out_dir: 
 def plan_scale(spec: JobSpec, ranks: Sequence[int], mode: str, stages: Sequence[str], out_dir: str,
                weak_dim: str = "auto", epochs: int = 2, extrapolate: Sequence[int] = DEFAULT_EXTRAPOLATE,
                backend: Optional[str] = None) -> ScalePlan:
-    """Every point, checked before anything runs (pure apart from reading nothing: no files are touched)."""
+    """Every point, checked before anything runs (pure: nothing is read, written or launched)."""
     if epochs < 1:
         raise InputError(f"--epochs {epochs} is out of range; allowed: epochs >= 1")
     ranks = tuple(sorted(ranks))
@@ -696,7 +699,7 @@ def efficiency(work: float, time_s: float, ranks: int, work0: float, time0: floa
 
 
 # ============================================================================ table (pure)
-CSV_FIELDS = ("stage", "mode", "ranks", "grid", "groups", "work", "unit", "time_s", "wall_s", "startup_s",
+CSV_FIELDS = ("stage", "mode", "ranks", "grid", "groups", "work", "unit", "sites", "time_s", "wall_s", "startup_s",
               "throughput", "labels_per_s", "speedup", "efficiency", "model_time_s", "model_efficiency",
               "load_before", "load_after", "backend")
 
@@ -711,19 +714,20 @@ def build_rows(points: Sequence[Point], results: Mapping[str, dict], mode: str,
             continue
         ref = results[mine[0].name]
         ref_pred = fits[stage].predict(counts[mine[0].name]) if stage in fits else None
+        ref_units = ref["work_done"] * mine[0].sites
         for p in mine:
             r = results[p.name]
-            speedup, eff = efficiency(r["work_done"], r["time_s"], p.ranks, ref["work_done"], ref["time_s"],
-                                      mine[0].ranks)
+            units = r["work_done"] * p.sites  # weak scaling over the domain: frames stay, sites grow
+            speedup, eff = efficiency(units, r["time_s"], p.ranks, ref_units, ref["time_s"], mine[0].ranks)
             model_time = model_eff = None
             if stage in fits:
                 model_time = fits[stage].predict(counts[p.name])
-                model_eff = efficiency(r["work_done"], model_time, p.ranks, ref["work_done"], ref_pred,
+                model_eff = efficiency(units, model_time, p.ranks, ref_units, ref_pred,
                                        mine[0].ranks)[1] if model_time > 0 and ref_pred > 0 else None
             rows.append({
                 "stage": stage, "mode": mode, "ranks": p.ranks,
                 "grid": "x".join(map(str, p.grid)) if p.grid else "", "groups": p.groups if p.grid else "",
-                "work": r["work_done"], "unit": p.unit, "time_s": r["time_s"], "wall_s": r["wall_s"],
+                "work": r["work_done"], "unit": p.unit, "sites": p.sites, "time_s": r["time_s"], "wall_s": r["wall_s"],
                 "startup_s": r.get("startup_s"), "throughput": r["work_done"] / r["time_s"],
                 "labels_per_s": r.get("labels_per_s"), "speedup": speedup, "efficiency": eff,
                 "model_time_s": model_time, "model_efficiency": model_eff,
@@ -738,7 +742,7 @@ def _fmt(value, digits: int = 3) -> str:
     if isinstance(value, float):
         if not math.isfinite(value):
             return str(value)
-        return f"{value:.{digits}g}" if abs(value) < 1e4 else f"{value:.3e}"
+        return f"{value:.{digits}g}"
     return str(value)
 
 
@@ -834,9 +838,9 @@ def _hypothetical_training_point(plan: ScalePlan, ref: Point, workers: int) -> P
 
 
 def _work_done(point: Point, counts: Mapping[str, float]) -> float:
-    """Frames generated, or training samples processed per epoch (steps x B x W)."""
+    """Site-frames generated, or training samples processed per epoch (steps x B x W)."""
     if point.stage == "generate":
-        return float(point.work)
+        return float(point.work * point.sites)
     return float(counts["steps"] * point.spec.autoencoder.batch * point.ranks)
 
 

@@ -106,6 +106,13 @@ def test_batch_loss_dispatch_and_weights():
     assert torch.isclose(batch_loss("lz", g, batch, 0.2), ((jf - g) ** 2).sum(-1).mean())
     assert torch.isclose(batch_loss("lxp", g, batch, 0.25), 4 * residual_loss(g, r, y, r2).mean())
     assert torch.isclose(batch_loss("lx", g, batch, 0.25), residual_loss(g, rx, yx, r2x).mean())
+    # without the constant: shifted by mean(r2) / p, same gradient
+    shift = batch_loss("lxp", g, batch, 0.25) - batch_loss("lxp", g, batch, 0.25, constant=False)
+    assert torch.isclose(shift, 4 * r2.mean())
+    g1, g2 = g.clone().requires_grad_(True), g.clone().requires_grad_(True)
+    batch_loss("lxp", g1, batch, 0.25).backward()
+    batch_loss("lxp", g2, batch, 0.25, constant=False).backward()
+    assert torch.allclose(g1.grad, g2.grad)
     with pytest.raises(ValueError):
         batch_loss("lq", g, batch, 0.2)
 

@@ -215,6 +215,26 @@ def test_counts_follow_surface_and_volume():
     assert scale.lj_ghosts(32000, 0.8442, 2.8, (2, 1, 1)) == pytest.approx(2 * 2.8 * 0.8442 * (32000 / 0.8442) ** (2 / 3))
 
 
+def test_weak_points_grow_the_work_without_running_anything(tmp_path):
+    spec = parse_job({"system": {"kind": "predator_prey", "n": 20},
+                      "simulation": {"trajectories": 4, "dt": 0.01, "steps": 20, "save_every": 10},
+                      "labels": {"p": 0.25}, "store": {"path": "unused"}}, source="pp.toml", name="pp")
+    out = tmp_path / "out"
+    domain = scale.plan_scale(spec, (1, 2, 4), "weak", ("generate",), str(out), weak_dim="domain")
+    assert [(p.ranks, p.grid, p.groups, p.spec.system.n, p.sites, p.work) for p in domain.points] == [
+        (1, (1,), 1, 20, 20, 12), (2, (2,), 1, 40, 40, 12), (4, (4,), 1, 80, 80, 12)]
+    ensemble = scale.plan_scale(spec, (1, 2, 4), "weak", ("generate",), str(out))
+    assert ensemble.weak_dim == "ensemble"
+    assert [(p.grid, p.groups, p.spec.simulation.trajectories, p.work) for p in ensemble.points] == [
+        ((1,), 1, 4, 12), ((1,), 2, 8, 24), ((1,), 4, 16, 48)]
+    assert len({p.spec.store.path for p in ensemble.points}) == 3  # never a shared store
+    ac = ac_spec((2, 1))
+    auto = scale.plan_scale(ac, (2, 8), "weak", ("generate",), str(out))
+    assert auto.weak_dim == "domain"
+    assert [(p.grid, p.spec.system.n) for p in auto.points] == [((2, 1), 64), ((4, 2), 128)]
+    assert not out.exists()
+
+
 def test_efficiency_definitions():
     assert scale.efficiency(100, 5.0, 2, 100, 10.0, 1) == (2.0, 1.0)   # strong, perfect
     assert scale.efficiency(200, 10.0, 2, 100, 10.0, 1) == (2.0, 1.0)  # weak, perfect

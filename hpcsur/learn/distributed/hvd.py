@@ -70,7 +70,10 @@ class HorovodBackend(Backend):
         return super().describe() + f", controller {controller}"
 
     def _allreduce_sum_(self, tensor: torch.Tensor) -> None:
-        self.hvd.allreduce_(tensor, op=self.hvd.Sum)
+        # A stable name per shape (the call is synchronous, so names never overlap): Horovod's
+        # default names count up, which fills its response cache and makes it warn on every eviction.
+        name = f"hpcsur.allreduce.{str(tensor.dtype).removeprefix('torch.')}.{'x'.join(map(str, tensor.shape))}"
+        self.hvd.allreduce_(tensor, op=self.hvd.Sum, name=name)
 
     def _broadcast_(self, tensors: list[torch.Tensor], root: int) -> None:
         self.hvd.broadcast_parameters({f"t{i}": t for i, t in enumerate(tensors)}, root_rank=root)
