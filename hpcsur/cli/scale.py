@@ -45,7 +45,7 @@ def run(args):
     stages = scale.parse_stages(args.stages)
     weak_dim = scale.parse_weak_dim(args.weak_dim)
     extrapolate = scale.parse_counts(args.extrapolate, "--extrapolate")
-    (epochs,) = scale.parse_counts(args.epochs, "--epochs")
+    epochs = scale.parse_positive(args.epochs, "--epochs")
     spec = load_job(args.job)
     out_dir = args.output or os.path.join(spec.run_dir, f"scale-{mode}")
     plan = scale.plan_scale(spec, ranks, mode, stages, out_dir, weak_dim=weak_dim, epochs=epochs,

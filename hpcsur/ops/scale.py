@@ -10,10 +10,12 @@ Points
 ------
 One *point* is one stage at one rank count P, run as its own process group (``mpiexec -n P``,
 exactly the command line of ``hpcsur run`` / ``hpcsur submit``) from its own derived job spec
-(``<DIR>/points/<stage>-p<P>/<stage>-p<P>.toml``, built like :func:`hpcsur.ops.ensemble.member_spec`:
+(``<DIR>/points/<stage>-p<P>/<job>-<stage>-p<P>.toml``, built like :func:`hpcsur.ops.ensemble.member_spec`:
 the base spec with a few fields replaced, its own store and run folder). No store is shared
 between generation points. Every generation point gets an explicit ``[parallel] grid`` (the
 grid ``hpcsur generate`` would choose, see :func:`point_grid`), so what ran is written down.
+Point folders of an earlier study in the same DIR are refused (``--force`` removes them first).
+A point that fails stops the study: exit 1, one line naming the point and its log.
 
 * ``generate`` at P ranks: grid g (ranks per trajectory), G = P / g ensemble groups.
 * ``train-ae`` at W workers (data-parallel, per-worker batch B as in ``[autoencoder] batch``):
@@ -88,19 +90,21 @@ ceil(T / G) and t0.
 Training (per epoch, W workers, per-worker batch B, steps s = floor(N / (W B)) for N training
 frames, V validation frames, n_p parameter bytes (float32)):
 
-* W = s B + V / (3 W)                     samples per worker (validation is forward only, ~1/3)
+* X = s B + V / (3 W)                     samples per worker (validation is forward only, ~1/3)
 * M = s 3 ceil(log2 W) + 4 ceil(log2 W)   messages: per step the gradient allreduce (reduce-scatter +
                                           allgather, 2 log2 W rounds) and the stop-flag allreduce;
                                           per epoch loss, validation, checkpoint, barrier
 * B_ = s 2 (W - 1) / W n_p                bytes: the bandwidth term of the allreduce
-* T = c_s W + alpha M + beta B_ + t0
+* T = c_s X + alpha M + beta B_ + t0
 
 Fitting (:func:`fit_model`, pure): non-negative least squares of the measured times on the
 counts. Columns with no data (e.g. communication when every point ran with g = 1) keep their
 prior; when the points cannot separate all constants (two points and four unknowns, the usual
 case on one node), the communication terms are fitted as one scale factor on their priors
 (their ratio fixed by the priors), and if that is still too many unknowns, ``t0`` keeps its
-prior (0). Every constant is reported with its source: ``fitted``, ``fitted (scale of prior)``
+prior (0). With two points the fit is exact, so everything that did not scale (on a shared host:
+mostly waiting for a descheduled partner) lands in what the fit can move: t0 for ensemble
+generation, the communication scale for decomposed generation and training. Every constant is reported with its source: ``fitted``, ``fitted (scale of prior)``
 or ``prior``. Priors: lambda = alpha = 5 us per message (a cluster network; storage/README.md's
 lambda), c_h = 5 ns per halo value for grid systems and 17 ns for LJ (0.1 us per ghost and step,
 6 values), beta = 0.1 ns per byte (10 GB/s), t0 = 0.
@@ -145,7 +149,6 @@ import shutil
 import socket
 import statistics
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from fractions import Fraction
@@ -186,6 +189,13 @@ def parse_counts(text: str, what: str = "--ranks") -> tuple[int, ...]:
     if len(set(values)) != len(values):
         raise InputError(f"{what} {text!r} names a rank count twice")
     return tuple(sorted(values))
+
+
+def parse_positive(text: str, what: str) -> int:
+    """One positive integer (``--epochs``)."""
+    if not re.fullmatch(r"\s*\d+\s*", str(text)) or int(text) < 1:
+        raise InputError(f"{what} {text!r} is not a positive integer")
+    return int(text)
 
 
 def parse_mode(text: str) -> str:
@@ -913,8 +923,7 @@ def _ranks_seen(stderr: str) -> Optional[int]:
     return int(m.group(1)) if m else None
 
 
-def collect(point: Point, stdout: str, stderr: str, wall: float, load0: float, load1: float,
-            param_bytes: int = 0) -> dict:
+def collect(point: Point, stdout: str, stderr: str, wall: float, load0: float, load1: float) -> dict:
     """The measurements of a finished point (generate: its JSON summary; train-ae: done.json + curve.csv)."""
     seen = _ranks_seen(stderr)
     if seen is not None and seen != point.ranks:
@@ -1190,10 +1199,10 @@ def dry_run_text(plan: ScalePlan, use_slurm: bool, workdir: str) -> str:
 def run_scale(plan: ScalePlan, use_slurm: bool = False, force: bool = False, workdir: Optional[str] = None) -> dict:
     """Run (or submit) every point, fit the model, extrapolate, write the outputs; returns the report."""
     workdir = workdir or os.getcwd()
-    prepare_output(plan, force)
     if use_slurm:
         total, per_node = cluster_cpus()
         check_fits_cluster(plan.points, total, per_node)
+    prepare_output(plan, force)
     load_start = os.getloadavg()
     t_start = time.perf_counter()
     results: dict[str, dict] = {}
@@ -1248,5 +1257,6 @@ def run_scale(plan: ScalePlan, use_slurm: bool = False, force: bool = False, wor
 MODEL_EQUATIONS = {
     "generate": "T(P) = c*W + c_h*H + lambda*M + t0; W = ceil(T/G) S a (owned site-steps), "
                 "H = halo + gathered values, M = messages (busiest rank)",
-    "train-ae": "T_epoch(W) = c_s*(s B + V/(3W)) + alpha*(3 s + 4) ceil(log2 W) + beta*s 2 (W-1)/W n_p + t0",
+    "train-ae": "T_epoch(W) = c_s*(s B + V/(3W)) + alpha*(3 s + 4) ceil(log2 W) + beta*s 2 (W-1)/W n_p + t0, "
+                "s = steps per epoch",
 }

@@ -155,7 +155,7 @@ def test_parse_ensemble():
     ('signal_seconds = 70000', "out of range"),
 ])
 def test_slurm_table_checks(tmp_path, table, words):
-    text = TINY.format(store='"s"', run_dir='"r"', ntasks=1, setup="[]").replace('time = "00:10:00"\n', "")
+    text = TINY.format(store='"s"', run_dir='"r"', ntasks=1, epochs=1, setup="[]").replace('time = "00:10:00"\n', "")
     text += table + "\n"
     with pytest.raises(InputError, match=words) as err:
         parse_job(__import__("tomllib").loads(text), source="job.toml")
