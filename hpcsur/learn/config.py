@@ -96,7 +96,8 @@ class Train:
     loader_workers: int = field(0, ge=0, doc="DataLoader processes per worker (spawned) for reading")
     prefetch: int = field(2, ge=1, doc="shards read ahead of the trainer")
     threads: int = field(1, ge=1, doc="torch intra-op threads per worker")
-    checkpoint_every: int = field(1, ge=1, doc="epochs between checkpoints")
+    checkpoint_minutes: float = field(5.0, ge=0.0, doc="checkpoint at the first epoch end this long after "
+                                                       "the last (0: every epoch); always at a stop and the end")
 
 
 @dataclass(frozen=True)

@@ -111,10 +111,16 @@ def steps_per_epoch(selection: dict[int, Piece], size: int, epoch: int, seed: in
 
 # ----------------------------------------------------------------------------- shuffle buffer
 class ShuffleBuffer:
-    """At most ``capacity`` frames of several arrays; ``take(B)`` removes B uniformly drawn frames."""
+    """At most ``capacity`` frames of several arrays; ``take(B)`` removes B uniformly drawn frames.
 
-    def __init__(self, capacity: int, rng: np.random.Generator):
-        self.capacity, self.rng, self.n = int(capacity), rng, 0
+    Frames stay where they were written: a logical -> physical slot table is what moves (the
+    removed frames' slots go to the free end), so a batch costs one gather and a refill one
+    scatter. Float arrays are stored as ``dtype`` (the training precision, converted once).
+    """
+
+    def __init__(self, capacity: int, rng: np.random.Generator, dtype=np.float32):
+        self.capacity, self.rng, self.n, self.dtype = int(capacity), rng, 0, dtype
+        self.slots = np.arange(self.capacity)
         self.data: dict[str, np.ndarray] | None = None
 
     def free(self) -> int:
@@ -123,21 +129,37 @@ class ShuffleBuffer:
     def put(self, block: dict[str, np.ndarray], start: int, stop: int) -> None:
         """Append frames ``[start, stop)`` of ``block`` (the caller keeps them within ``free()``)."""
         if self.data is None:
-            self.data = {k: np.empty((self.capacity, *v.shape[1:]), v.dtype) for k, v in block.items()}
+            self.data = {k: np.empty((self.capacity, *v.shape[1:]), self.dtype if v.dtype.kind == "f" else v.dtype)
+                         for k, v in block.items()}
         count = stop - start
+        where = self.slots[self.n:self.n + count]
         for k, v in block.items():
-            self.data[k][self.n:self.n + count] = v[start:stop]
+            self.data[k][where] = v[start:stop]
         self.n += count
 
-    def take(self, count: int) -> dict[str, np.ndarray]:
-        """Remove ``count`` frames chosen uniformly without replacement; the tail fills the holes."""
-        chosen = self.rng.choice(self.n, size=count, replace=False)
-        out = {k: v[chosen] for k, v in self.data.items()}
+    def _remove(self, chosen: np.ndarray) -> dict[str, np.ndarray]:
+        """Gather the frames at logical positions ``chosen``; the logical tail fills their places."""
+        count = chosen.size
+        where = self.slots[chosen]
+        out = {k: v[where] for k, v in self.data.items()}
         tail_start = self.n - count
         holes = np.sort(chosen[chosen < tail_start])
         kept_tail = np.setdiff1d(np.arange(tail_start, self.n), chosen, assume_unique=True)
-        for v in self.data.values():
-            v[holes] = v[kept_tail]
+        self.slots[holes] = self.slots[kept_tail]
+        self.slots[tail_start:self.n] = where
+        self.n -= count
+        return out
+
+    def take(self, count: int) -> dict[str, np.ndarray]:
+        """Remove ``count`` frames chosen uniformly without replacement."""
+        return self._remove(self.rng.choice(self.n, size=count, replace=False))
+
+    def take_first(self, count: int) -> dict[str, np.ndarray]:
+        """Remove the ``count`` oldest frames (first in, first out)."""
+        out = {k: v[self.slots[:count]] for k, v in self.data.items()}
+        freed = self.slots[:count].copy()
+        self.slots[:self.n - count] = self.slots[count:self.n].copy()
+        self.slots[self.n - count:self.n] = freed
         self.n -= count
         return out
 
@@ -280,7 +302,7 @@ class BatchStream:
         if steps == 0:
             return
         rng = np.random.default_rng([self.seed, epoch, self.rank, 0x5EED])
-        buf = ShuffleBuffer(self.capacity, rng)
+        buf = ShuffleBuffer(self.capacity, rng, torch.empty((), dtype=self.dtype).numpy().dtype)
         produced = 0
         blocks = self._blocks(self.pieces(epoch))
         try:
@@ -314,13 +336,7 @@ class BatchStream:
                 yield self._to_torch({k: v[a:b] for k, v in arrays.items()})
 
     def _draw(self, buf: ShuffleBuffer) -> dict[str, np.ndarray]:
-        if self.shuffle:
-            return buf.take(self.batch)
-        out = {k: v[:self.batch].copy() for k, v in buf.data.items()}  # first in, first out
-        for v in buf.data.values():
-            v[:buf.n - self.batch] = v[self.batch:buf.n].copy()
-        buf.n -= self.batch
-        return out
+        return buf.take(self.batch) if self.shuffle else buf.take_first(self.batch)
 
 
 # ----------------------------------------------------------------------------- statistics

@@ -119,7 +119,7 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     val_stream = BatchStream(store, ["x"], sp.frames("validation"), ae.batch, training=False, **common)
     config = FitConfig(epochs=ae.epochs, lr=scaled_lr(ae.lr, backend.size, train.lr_scaling),
                        weight_decay=ae.weight_decay, patience=max(2, ae.epochs // 5), factor=0.5,
-                       checkpoint_every=train.checkpoint_every, seed=ae.seed)
+                       checkpoint_minutes=train.checkpoint_minutes, seed=ae.seed)
     log.info("train-ae: %d training frames (%s), %d validation, d = %d, %d worker(s) [%s], %s",
              g1 - g0, "streaming" if train_stream.streaming else "in memory",
              val_stream.n_frames, ae.latent_dim, backend.size, backend.name, out)
@@ -214,7 +214,7 @@ def _train_one(dataset, encoded, out, sp, latent, train, backend, loss, seed, k,
     train_stream = BatchStream(encoded, names, (0, k), latent.batch, **common)
     val_stream = BatchStream(encoded, names, sp.frames("validation"), latent.batch, training=False, **common)
     config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay, patience=latent.patience,
-                       factor=latent.factor, min_lr=latent.min_lr, checkpoint_every=train.checkpoint_every, seed=seed)
+                       factor=latent.factor, min_lr=latent.min_lr, checkpoint_minutes=train.checkpoint_minutes, seed=seed)
     log.info("train-latent %s: %s on %d frames, %d worker(s) [%s]", run_name(loss, seed), latent.model, k,
              backend.size, backend.name)
     return fit(LatentLoss(model, loss, p_eff), train_stream, val_stream, backend, out, config,

@@ -6,16 +6,18 @@ equals one worker with their union; :mod:`hpcsur.learn.distributed` does the ave
 
 Per epoch: AdamW (amsgrad) steps over the worker's batches, gradients averaged across workers by
 the backend; then the validation loss over all validation frames (summed over workers), a
-ReduceLROnPlateau step on it, the best model kept (model selection on validation data, which the
-reference did not have), a learning-curve row, and a checkpoint every ``checkpoint_every`` epochs.
+ReduceLROnPlateau step on it, the best model kept in memory (model selection on validation data,
+which the reference did not have), and a learning-curve row appended to ``curve.csv``.
 
 **Checkpoint / restart.** Rank 0 writes ``checkpoint.pt`` atomically (temporary file, fsync,
 rename) with the model, optimizer and scheduler states, torch's RNG state, the data cursor
-(epoch, step), the best validation loss and the curve. SIGTERM or SIGUSR1 on any worker sets a
-flag that all workers agree on at the next step boundary (one scalar allreduce), so they stop
-together, write the checkpoint at that step and exit with :data:`EXIT_REQUEUE` (75, EX_TEMPFAIL):
-"stopped cleanly, resume me". ``resume=True`` restores everything and replays the epoch's data
-stream to the cursor, so the final parameters equal those of an uninterrupted run.
+(epoch, step), the running loss of the epoch, the best model and the curve -- at the end, at a
+stop, and at the first epoch end ``checkpoint_minutes`` after the previous one (0: every epoch);
+``best.pt`` is written with it. SIGTERM or SIGUSR1 on any worker sets a vote that travels with
+the next gradient average (no extra collective), so all workers stop after the same step, write
+the checkpoint and exit with :data:`EXIT_REQUEUE` (75, EX_TEMPFAIL): "stopped cleanly, resume me".
+``resume=True`` restores everything and replays the epoch's data stream to the cursor, so the
+final parameters equal those of an uninterrupted run.
 """
 from __future__ import annotations
 
@@ -55,7 +57,7 @@ class FitConfig:
     patience: int = 50
     factor: float = 0.5
     min_lr: float = 0.0
-    checkpoint_every: int = 1
+    checkpoint_minutes: float = 5.0
     seed: int = 0
 
 
@@ -148,7 +150,7 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
                                   amsgrad=True)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.factor,
                                                            patience=config.patience, min_lr=config.min_lr)
-    start_epoch, start_step, best, curve = 0, 0, float("inf"), []
+    start_epoch, start_step, best, best_state, curve = 0, 0, float("inf"), None, []
     partial = (0.0, 0)  # running (sum, count) of the train loss of an interrupted epoch
     ckpt_path = out_dir / CHECKPOINT
     if resume and ckpt_path.exists():
@@ -158,7 +160,7 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, start_step = state["epoch"], state["step"]
-        best, curve = state["best"], state["curve"]
+        best, best_state, curve = state["best"], state["best_model"], state["curve"]
         partial = tuple(state["partial"]) if is_root else (0.0, 0)  # the workers' sum, counted once
         log.info("%s: resuming at epoch %d, step %d", label, start_epoch, start_step)
     module, optimizer = backend.prepare(loss_module, optimizer)
@@ -170,14 +172,17 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
         if is_root:
             save_atomic({"meta": meta, "model": loss_module.state_dict(), "optimizer": optimizer.state_dict(),
                          "scheduler": scheduler.state_dict(), "torch_rng": torch.get_rng_state(),
-                         "epoch": epoch, "step": step, "partial": running, "best": best, "curve": curve,
-                         "config": asdict(config)}, ckpt_path)
+                         "epoch": epoch, "step": step, "partial": running, "best": best, "best_model": best_state,
+                         "curve": curve, "config": asdict(config)}, ckpt_path)
+            if best_state is not None:
+                save_atomic({"meta": meta, "model": best_state, "val": best}, out_dir / BEST)
+            _write_curve(out_dir / CURVE, curve)  # drops rows of epochs a resumed run redoes
         backend.barrier()
 
     total_steps = sum(train_stream.steps(e) for e in range(config.epochs))
     progress = Progress(total_steps, unit="steps", label=label, enabled=show_progress and is_root)
     progress.update(sum(train_stream.steps(e) for e in range(start_epoch)) + start_step)
-    t0 = time.perf_counter()
+    t0 = last_checkpoint = time.perf_counter()
     with StopSignals() as signals:
         for epoch in range(start_epoch, config.epochs):
             module.train()
@@ -185,34 +190,34 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
             total, count = partial if epoch == start_epoch else (0.0, 0)
             for step, batch in enumerate(train_stream.batches(epoch, skip=skip), start=skip):
                 batch = {k: v.to(backend.device) for k, v in batch.items()}
-                if backend.size > 1 or signals.raised:
-                    flag = backend.allreduce(torch.tensor([float(signals.raised != 0)]), op="sum")
-                    if float(flag) > 0:
-                        checkpoint(epoch, step, (total, count))
-                        log.warning("%s: stop signal: checkpoint written at epoch %d step %d", label, epoch, step)
-                        raise StopRequested(f"{label}: stopped at epoch {epoch} step {step}")
                 loss, _ = module(batch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
+                backend.vote(signals.raised != 0)
                 optimizer.step()
                 total += float(loss.detach())
                 count += 1
                 progress.update()
-            train_loss = _mean_over_workers(backend, total, count)
+                if backend.votes:
+                    checkpoint(epoch, step + 1, (total, count))
+                    log.warning("%s: stop signal: checkpoint written after epoch %d step %d", label, epoch, step)
+                    raise StopRequested(f"{label}: stopped after epoch {epoch} step {step}")
+            due = is_root and (time.perf_counter() - last_checkpoint >= 60.0 * config.checkpoint_minutes)
+            sums = backend.allreduce(torch.tensor([total, count, float(due)], dtype=torch.float64), op="sum")
+            train_loss = float(sums[0] / sums[1]) if float(sums[1]) > 0 else float("nan")
             val = validation_loss(loss_module, val_stream, backend)
             monitored = val if val_stream is not None else train_loss
             scheduler.step(monitored)
             if monitored < best:
                 best = monitored
-                if is_root:
-                    save_atomic({"meta": meta, "model": loss_module.state_dict(), "epoch": epoch,
-                                 "val": monitored}, out_dir / BEST)
+                best_state = {k: v.detach().clone() for k, v in loss_module.state_dict().items()}
             curve.append({"epoch": epoch, "train": train_loss, "val": val,
                           "lr": optimizer.param_groups[0]["lr"], "seconds": time.perf_counter() - t0})
             if is_root:
-                _write_curve(out_dir / CURVE, curve)
-            if (epoch + 1) % config.checkpoint_every == 0 or epoch + 1 == config.epochs:
+                _append_curve(out_dir / CURVE, curve[-1])
+            if float(sums[2]) > 0 or epoch + 1 == config.epochs:
                 checkpoint(epoch + 1, 0)
+                last_checkpoint = time.perf_counter()
     progress.close()
     best_epoch = min(curve, key=lambda r: r["val"] if val_stream is not None else r["train"])["epoch"] if curve else -1
     summary = {"label": label, "epochs": config.epochs, "best_epoch": best_epoch, "best": best,
@@ -224,7 +229,19 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
     return summary
 
 
+def _append_curve(path: Path, row: dict) -> None:
+    new = not path.exists()
+    with open(path, "a", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(row))
+        if new:
+            writer.writeheader()
+        writer.writerow(row)
+
+
 def _write_curve(path: Path, rows: list[dict]) -> None:
+    if not rows:
+        path.unlink(missing_ok=True)
+        return
     tmp = path.with_name(f".{path.name}.tmp")
     with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=list(rows[0]))

@@ -158,6 +158,7 @@ from typing import Mapping, Optional, Sequence
 import numpy as np
 
 from hpcsur.errors import InputError
+from hpcsur.parallel.grid import default_dims
 from hpcsur.ops.jobspec import SPATIAL_DIMS, JobSpec, dump_job, parse_job
 
 log = logging.getLogger("hpcsur.scale")
@@ -288,22 +289,6 @@ def derive_spec(spec: JobSpec, name: str, overrides: Mapping[str, object], store
     return parse_job(tables, source=f"{spec.source}[scale {name}]", name=name)
 
 
-def balanced_dims(size: int, ndim: int) -> tuple[int, ...]:
-    """A balanced rank grid like MPI_Dims_create (prime factors, largest first, onto the smallest axis)."""
-    factors, n, f = [], size, 2
-    while f * f <= n:
-        while n % f == 0:
-            factors.append(f)
-            n //= f
-        f += 1
-    if n > 1:
-        factors.append(n)
-    dims = [1] * ndim
-    for f in sorted(factors, reverse=True):
-        dims[dims.index(min(dims))] *= f
-    return tuple(sorted(dims, reverse=True))
-
-
 def point_grid(spec: JobSpec, ranks: int) -> tuple[int, ...]:
     """The rank grid of one trajectory, as ``hpcsur generate`` chooses it (:func:`hpcsur.ops.generate.choose_grid`):
     the spec's, else one rank per trajectory when there are at least as many trajectories as ranks,
@@ -318,7 +303,7 @@ def point_grid(spec: JobSpec, ranks: int) -> tuple[int, ...]:
         return grid
     if spec.simulation.trajectories >= ranks:
         return (1,) * ndim
-    return balanced_dims(ranks, ndim)
+    return default_dims(ranks, ndim)  # the same rule as `hpcsur generate` (MPI_Dims_create)
 
 
 def _exact_root(f: Fraction, ndim: int) -> Optional[int]:

@@ -397,34 +397,37 @@ def ac_rk4_steps_serial(xpad, out, ring1, ring2, ring3, steps, dt, inv_h2, inv_e
     return cur
 
 
-# ---- domain-decomposed fast path: the same wavefront on a block with a 4-deep halo ----------
+# ---- domain-decomposed fast path: the same wavefront on a block with a deep halo --------------
 #
 # A decomposed RK4 step needs stage s (y1, y2, y3, then x' as "stage 4") on the owned block
 # widened by 4 - s cells towards every neighbour: x' on the block needs y1..y3 one cell out, y3 one
 # cell out needs y2 two cells out, y2 two out needs y1 three out, and y1 three out needs x four
-# out. So one exchange of a 4-deep halo of x (corners included) per step is enough; the widened
-# stage rows are recomputed redundantly by both blocks that share them, with the very expression
-# and operands the owner uses, hence bit for bit the owner's values. On a physical side a stage is
-# not widened: its rows/columns stop at the edge and are mirrored (ghost = edge value) after every
-# stage, exactly as the serial wavefront does. With every side physical the result equals
+# out. So one exchange of a 4-deep halo of x (corners included) per step is enough, and k steps
+# can be chained on one exchange of a 4k-deep halo: step j of k (j = 0..k-1) then writes x' on the
+# block widened by w = 4(k-1-j), which is the 4-deep halo step j+1 needs. The widened rows and
+# columns are recomputed redundantly by every block that holds them, with the very expression and
+# operands their owner uses, hence bit for bit the owner's values. On a physical side nothing is
+# widened: stages and x' stop at the edge and are mirrored (ghost = edge value) after every stage,
+# exactly as the serial wavefront does. With every side physical the result equals
 # :func:`ac_rk4_step_wavefront` on the whole grid.
 
-RK4_HALO = 4        # halo depth that makes one exchange per RK4 step sufficient
+RK4_HALO = 4        # halo cells one RK4 step consumes per neighbouring side
 
 
 @njit(cache=True)
-def _stage_span(stage, own_lo, own_hi, phys_lo, phys_hi):
-    """Half-open index range [lo, hi) on which RK4 stage ``stage`` (1..4) is computed along one
-    axis: the owned range widened by ``RK4_HALO - stage`` on each non-physical side."""
-    widen = RK4_HALO - stage
-    lo = own_lo if phys_lo else own_lo - widen
-    hi = own_hi if phys_hi else own_hi + widen
+def _stage_span(stage, widen, own_lo, own_hi, phys_lo, phys_hi):
+    """Half-open index range [lo, hi) on which RK4 stage ``stage`` (1..4; 4 = x') is computed
+    along one axis: the owned range widened by ``widen + RK4_HALO - stage`` on each non-physical
+    side, not at all on a physical one."""
+    grow = widen + RK4_HALO - stage
+    lo = own_lo if phys_lo else own_lo - grow
+    hi = own_hi if phys_hi else own_hi + grow
     return lo, hi
 
 
 @njit(cache=True)
 def _mirror_span_ends(row, lo, hi, phys_lo, phys_hi):
-    """Neumann ghosts of one stage row computed on columns [lo, hi) (physical sides only)."""
+    """Neumann ghosts of one row computed on columns [lo, hi) (physical sides only)."""
     if phys_lo:
         row[lo - 1] = row[lo]
     if phys_hi:
@@ -432,34 +435,38 @@ def _mirror_span_ends(row, lo, hi, phys_lo, phys_hi):
 
 
 @njit(cache=True)
-def ac_rk4_step_block(xpad, out, ring1, ring2, ring3, depth, low0, high0, low1, high1,
+def ac_rk4_step_block(xpad, out, ring1, ring2, ring3, depth, widen, low0, high0, low1, high1,
                       dt, inv_h2, inv_eps2):
-    """One RK4 step of a block padded with a ``depth``-deep halo (``depth >= RK4_HALO``).
+    """One RK4 step of a block padded with a ``depth``-deep halo, x' written ``widen`` cells into
+    the halo on non-physical sides (``depth >= widen + RK4_HALO``).
 
-    ``xpad``: ``(n0 + 2 depth, n1 + 2 depth)``, the block at ``[depth:-depth, depth:-depth]``; the
-    halo holds the neighbours' x on non-physical sides (corners included) and the Neumann mirror
-    (edge value) at least one cell deep on physical sides. ``low0, high0, low1, high1``: physical
-    flags of the first/last row and column. ``out``: same shape, must not alias ``xpad``; only its
-    owned block is written (refill its halo by exchange before the next step). ``ring1..3``:
-    ``(RING, n1 + 2 depth)`` scratch rows for y1, y2, y3.
+    ``xpad``: ``(n0 + 2 depth, n1 + 2 depth)``, the owned block at ``[depth:-depth, depth:-depth]``;
+    valid x (the neighbours' values, corners included) ``widen + 4`` cells out on non-physical
+    sides, and the Neumann mirror (edge value) one cell out on physical sides. Those ``widen + 4``
+    cells must be grid cells: a block that close to the far physical edge would widen past it
+    without mirroring (FieldDomain keeps every block at least ``depth`` cells thick). ``low0, high0, low1,
+    high1``: physical flags of the first/last row and column. ``out``: same shape, must not alias
+    ``xpad``; receives x' on the owned block widened by ``widen`` on non-physical sides, plus its
+    Neumann ghosts on physical sides, so it is a valid ``xpad`` for a next step with ``widen - 4``.
+    Nothing else of ``out`` is written. ``ring1..3``: ``(RING, n1 + 2 depth)`` scratch rows.
 
     Row wavefront as in :func:`ac_rk4_step_wavefront`: at time t it computes y1 row t, y2 row
     t-1, y3 row t-2 and x' row t-3, each on its span (:func:`_stage_span`); a stage row's
     neighbours above/below are clamped to the row itself at a physical edge (the mirror).
     """
-    if depth < RK4_HALO:
-        raise ValueError("ac_rk4_step_block: the halo must be at least RK4_HALO = 4 cells deep")
+    if widen < 0 or depth < widen + RK4_HALO:
+        raise ValueError("ac_rk4_step_block: need 0 <= widen and depth >= widen + RK4_HALO")
     n0 = xpad.shape[0] - 2 * depth
     n1 = xpad.shape[1] - 2 * depth
     half_dt = 0.5 * dt
-    r_lo1, r_hi1 = _stage_span(1, depth, depth + n0, low0, high0)
-    r_lo2, r_hi2 = _stage_span(2, depth, depth + n0, low0, high0)
-    r_lo3, r_hi3 = _stage_span(3, depth, depth + n0, low0, high0)
-    r_lo4, r_hi4 = _stage_span(4, depth, depth + n0, low0, high0)
-    c_lo1, c_hi1 = _stage_span(1, depth, depth + n1, low1, high1)
-    c_lo2, c_hi2 = _stage_span(2, depth, depth + n1, low1, high1)
-    c_lo3, c_hi3 = _stage_span(3, depth, depth + n1, low1, high1)
-    c_lo4, c_hi4 = _stage_span(4, depth, depth + n1, low1, high1)
+    r_lo1, r_hi1 = _stage_span(1, widen, depth, depth + n0, low0, high0)
+    r_lo2, r_hi2 = _stage_span(2, widen, depth, depth + n0, low0, high0)
+    r_lo3, r_hi3 = _stage_span(3, widen, depth, depth + n0, low0, high0)
+    r_lo4, r_hi4 = _stage_span(4, widen, depth, depth + n0, low0, high0)
+    c_lo1, c_hi1 = _stage_span(1, widen, depth, depth + n1, low1, high1)
+    c_lo2, c_hi2 = _stage_span(2, widen, depth, depth + n1, low1, high1)
+    c_lo3, c_hi3 = _stage_span(3, widen, depth, depth + n1, low1, high1)
+    c_lo4, c_hi4 = _stage_span(4, widen, depth, depth + n1, low1, high1)
     for t in range(r_lo1, r_hi4 + 3):
         r = t                                   # y1 row r from x rows r-1..r+1
         if r_lo1 <= r < r_hi1:
@@ -498,6 +505,13 @@ def ac_rk4_step_block(xpad, out, ring1, ring2, ring3, depth, low0, high0, low1, 
                           ring2[up2, a:b], ring2[c, a:b], ring2[dn2, a:b],
                           ring3[up3, a:b], ring3[c, a:b], ring3[dn3, a:b],
                           out[r, a:b], dt, inv_h2, inv_eps2)
+            _mirror_span_ends(out[r], c_lo4, c_hi4, low1, high1)
+    a = c_lo4 - 1 if low1 else c_lo4            # ghost rows of x' (corners included) = edge rows
+    b = c_hi4 + 1 if high1 else c_hi4
+    if low0:
+        out[r_lo4 - 1, a:b] = out[r_lo4, a:b]
+    if high0:
+        out[r_hi4, a:b] = out[r_hi4 - 1, a:b]
 
 
 # --------------------------------------------------------------------------------------------

@@ -115,9 +115,12 @@ def test_shuffle_buffer_takes_without_loss_or_duplication():
     buf = ShuffleBuffer(10, np.random.default_rng(0))
     buf.put({"a": np.arange(10)}, 0, 10)
     taken = np.concatenate([buf.take(3)["a"], buf.take(3)["a"]])
-    rest = buf.data["a"][:buf.n]
+    rest = buf.data["a"][buf.slots[:buf.n]]
     assert sorted(np.concatenate([taken, rest]).tolist()) == list(range(10))
     assert buf.n == 4
+    buf.put({"a": np.arange(10, 16)}, 0, 6)            # refills the freed slots
+    assert sorted(buf.data["a"][buf.slots[:buf.n]].tolist()) == sorted(rest.tolist() + list(range(10, 16)))
+    assert buf.take_first(2)["a"].tolist() == rest[:2].tolist()
 
 
 def test_frame_moments_match_numpy(store_path):

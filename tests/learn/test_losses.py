@@ -6,7 +6,15 @@ import torch
 from hpcsur.learn.losses import (batch_loss, full_triple, gram_cholesky, loss_lz, partial_pinv_rows,
                                  residual_loss, residual_triple)
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """These tests compare against float64 references; restore the default for other modules."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def random_problem(seed, d=4, n=30, frames=3):

@@ -7,7 +7,15 @@ from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoe
 from hpcsur.learn.latent import GFINN, MODELS, LatentDynamics, LatentShape, OnsagerNet, input_gradient, rk4_rollout
 from hpcsur.learn.observables import observable_from_attrs
 
-torch.set_default_dtype(torch.float64)
+
+
+@pytest.fixture(autouse=True)
+def float64_default():
+    """These tests compare against float64 references; restore the default for other modules."""
+    old = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    yield
+    torch.set_default_dtype(old)
 
 
 def batch(d=5, n=64, seed=0):

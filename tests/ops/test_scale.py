@@ -258,7 +258,7 @@ def test_input_parsing():
     with pytest.raises(InputError, match="perfect square"):
         scale.weak_overrides(ac_spec(), "domain", scale.Fraction(2))
     assert scale.weak_overrides(ac_spec(), "domain", scale.Fraction(4)) == {"system.n": 128, "parallel.grid": [2, 2]}
-    assert scale.balanced_dims(12, 2) == (4, 3) and scale.balanced_dims(8, 3) == (2, 2, 2)
+    assert scale.default_dims(12, 2) == (4, 3) and scale.default_dims(8, 3) == (2, 2, 2)
 
 
 @pytest.mark.parametrize("args, extra, message", [

@@ -540,11 +540,11 @@ def test_requeued_training_resumes_from_its_checkpoint(cluster, tmp_path):
                          capture_output=True, text=True, timeout=300)
     assert gen.returncode == 0, gen.stderr
     (train,) = submit(cluster, tmp_path, job, "--stages", "train-ae")
-    checkpoint = tmp_path / "runs" / "pp" / "autoencoder" / "checkpoint.pt"
+    curve = tmp_path / "runs" / "pp" / "autoencoder" / "curve.csv"    # training has started
     deadline = time.monotonic() + 180
-    while not checkpoint.exists() and time.monotonic() < deadline:
+    while not (curve.exists() and len(curve.read_text().splitlines()) > 2) and time.monotonic() < deadline:
         time.sleep(0.2)
-    assert checkpoint.exists(), records(train["job_id"])
+    assert curve.exists(), records(train["job_id"])
     subprocess.run(["scancel", "--signal=USR1", "--batch", train["job_id"]], check=True, timeout=30)
     (rec,) = wait_gone(train["job_id"], timeout=400)
     run_dir = tmp_path / "runs" / "pp"

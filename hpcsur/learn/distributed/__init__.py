@@ -13,6 +13,7 @@
     total = backend.allreduce(torch.tensor([s, n]), op="sum")    # or op="mean"; a new tensor
     backend.broadcast_state(model, optimizer, root=0)  # parameters, buffers, optimizer state
     config = backend.broadcast_object(config, root=0); backend.barrier(); backend.shutdown()
+    backend.vote(stop_wanted); optimizer.step(); backend.votes   # how many workers voted, at no extra cost
     lr = scaled_lr(1e-3, backend.size, "sqrt")         # "none" | "linear" | "sqrt"
 
 **Contract.** After ``loss.backward()`` + ``optimizer.step()`` every worker has applied the

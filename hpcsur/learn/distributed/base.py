@@ -48,6 +48,7 @@ class Backend:
         self.launch = launch
         self.rank, self.size, self.local_rank = rank, size, local_rank
         self.device = device
+        self._vote, self.votes = 0.0, 0.0  # see vote()
 
     # ------------------------------------------------------------------ collectives (per backend)
 
@@ -107,6 +108,14 @@ class Backend:
             state = self.broadcast_object(_to_cpu(optimizer.state_dict()) if self.rank == root else None, root)
             if self.rank != root:
                 optimizer.load_state_dict(state)
+
+    def vote(self, value: bool) -> None:
+        """This worker's vote, carried by the next gradient average (no extra collective); after
+        that ``optimizer.step()``, :attr:`votes` is the number of workers that voted (e.g. to stop
+        on a signal at the same step everywhere). With one worker ``votes`` is the vote itself."""
+        self._vote = float(bool(value))
+        if self.size == 1:
+            self.votes = self._vote
 
     def prepare(self, model: torch.nn.Module, optimizer: Optional[torch.optim.Optimizer] = None):
         """Ready ``model`` and ``optimizer`` for data-parallel training; returns ``(model, optimizer)``.
@@ -172,12 +181,17 @@ def average_gradients(params: list[torch.nn.Parameter], backend: Backend) -> Non
         if p.grad is not None and p.grad.is_sparse:
             raise InputError(f"backend {backend.name}: sparse gradients are not supported")
         groups[(p.dtype, p.device)].append(p)
-    for (dtype, device), group in groups.items():
+    for i, ((dtype, device), group) in enumerate(groups.items()):
+        vote = [backend._vote] if i == 0 else []   # the vote rides with the first group
         flat = torch.cat([p.grad.detach().reshape(-1) if p.grad is not None
                           else torch.zeros(p.numel(), dtype=dtype, device=device) for p in group]
-                         + [torch.tensor([float(p.grad is not None) for p in group], dtype=dtype, device=device)])
+                         + [torch.tensor([float(p.grad is not None) for p in group] + vote, dtype=dtype,
+                                         device=device)])
         flat = flat.to(backend.device)
         backend._allreduce_sum_(flat)
+        if vote:
+            backend.votes = float(flat[-1])
+            flat = flat[:-1]
         flat = (flat / backend.size).to(device)
         offset, present = 0, flat[-len(group):] > 0
         for p, has in zip(group, present.tolist()):
