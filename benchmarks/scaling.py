@@ -19,17 +19,21 @@ SerialDomain for a group of size 1):
   t_serial / (2 t2)``, and the parts of a step for the scaling model in storage/README.md (force
   kernel, forward / reverse ghost communication, the per-step Allreduce, a rebuild; ghost and
   pair counts).
-* ``allen_cahn``: 1024^2 RK4 with ``FieldDomain`` on [1,1] vs [2,1]. Reference: the serial
-  wavefront stepper (``SerialDomain`` -> ``AllenCahn.stepper``).
+* ``allen_cahn``: 1024^2 RK4 with ``FieldDomain`` (the deep-halo fused wavefront) on [1,1] vs
+  [2,1], in the 2-rank launch with the LJ protocol (serial stepper and [1,1] on rank 0 alone,
+  alternating with [2,1]). Reference: the serial fused wavefront (``SerialDomain`` ->
+  ``AllenCahn.integrate``). Also the halo exchange time per step.
 * ``store``: MB/s of ``ShardWriter.write`` (zarr + blosc zstd + fsync + sha256 record) for shards of
   an LJ-sized frame (N = 192,000 float64), 1 rank and 2 ranks writing disjoint shards at once.
 
 Per case: seconds/step at 1 and 2 ranks (min over repeats; rank time = max over ranks),
-``efficiency = t1 / (2 t2)`` and ``efficiency_vs_serial = t_serial / (2 t2)``; also a small-message
-MPI round-trip latency and the 1-minute load average before and after. For LJ the same ratios are
-also given from per-rank CPU time (``lj.cpu``): waiting ranks yield their core
+``efficiency = t1 / (2 t2)`` and ``efficiency_vs_serial = t_serial / (2 t2)``, and ``paired``: the
+median (and range) of the same ratio over the repeats, each from runs adjacent in time (the min
+estimator needs a moment with both cores free for the 2-rank run, the paired one does not); also a small-message
+MPI round-trip latency and the 1-minute load average before and after. The same ratios are also
+given from per-rank CPU time (``cpu``); with ``--yield-waits`` waiting ranks yield their core
 (``MPIR_CVAR_ENABLE_HEAVY_YIELD=1``), so on a loaded host CPU time counts work rather than waiting
-for a descheduled partner; on a quiet host it equals the wall-clock numbers.
+for a descheduled partner. By default MPI waits busy-poll, as HPC jobs run.
 
 Timings on a shared machine are noisy: the min over repeats is reported; compare runs only with
 the load average beside them.
@@ -114,6 +118,32 @@ def _timed_advance(comm, dom, start, steps):
     return comm.allreduce(wall, op=_max()), comm.allreduce(cpu, op=_max())
 
 
+def _interleaved(comm, one, two, start, steps, repeats):
+    """Alternate the 1-rank runs (rank 0 alone) and the 2-rank runs ``repeats`` times. Returns the
+    best s/step (wall, and CPU) per run and the per-repeat wall times (for paired ratios)."""
+    from mpi4py import MPI
+
+    self_comm = MPI.COMM_SELF
+    series = {name: [] for name in (*one, *two)}
+    cpus = {name: [] for name in (*one, *two)}
+    for _ in range(repeats):
+        for name, dom in one.items():
+            wall, cpu = comm.bcast(_solo(comm, lambda: _timed_advance(self_comm, dom, start, steps)), root=0)
+            series[name].append(wall / steps)
+            cpus[name].append(cpu / steps)
+        for name, dom in two.items():
+            wall, cpu = _timed_advance(comm, dom, start, steps)
+            series[name].append(wall / steps)
+            cpus[name].append(cpu / steps)
+    return {k: min(v) for k, v in series.items()}, {k: min(v) for k, v in cpus.items()}, series
+
+
+def paired_efficiency(t1: list, t2: list) -> dict:
+    """Efficiency t1 / (2 t2) from the runs of each repeat (adjacent in time): median and spread."""
+    ratios = sorted(a / (2 * b) for a, b in zip(t1, t2))
+    return {"median": float(np.median(ratios)), "min": ratios[0], "max": ratios[-1], "repeats": len(ratios)}
+
+
 def lj_case(comm, steps, repeats):
     """1 -> 2 rank LJ strong scaling, measured in one 2-rank launch: the serial stepper and the
     [1,1,1] domain run on rank 0 alone (rank 1 sleeps), the [2,1,1] domain on both ranks; the
@@ -136,15 +166,7 @@ def lj_case(comm, steps, repeats):
         _solo(comm, lambda: _timed_advance(self_comm, dom, start, 2))
     for dom in two.values():
         _timed_advance(comm, dom, start, 2)
-    best = {name: float("inf") for name in (*one, *two)}
-    best_cpu = dict(best)
-    for _ in range(repeats):
-        for name, dom in one.items():
-            wall, cpu = comm.bcast(_solo(comm, lambda: _timed_advance(self_comm, dom, start, steps)), root=0)
-            best[name], best_cpu[name] = min(best[name], wall / steps), min(best_cpu[name], cpu / steps)
-        for name, dom in two.items():
-            wall, cpu = _timed_advance(comm, dom, start, steps)
-            best[name], best_cpu[name] = min(best[name], wall / steps), min(best_cpu[name], cpu / steps)
+    best, best_cpu, series = _interleaved(comm, one, two, start, steps, repeats)
 
     # the parts of a step, for the scaling model (newton on, after `steps` steps from `start`)
     def parts(dom, c):
@@ -176,35 +198,41 @@ def lj_case(comm, steps, repeats):
                                "2_newton_off": best_cpu["domain_2_newton_off"]},
             "parts_1": parts_1, "parts_2": parts_2,
             "owned_per_rank_2": [c["owned"] for c in counts_2], "ghosts_per_rank_2": [c["ghosts"] for c in counts_2],
-            "pairs_1": counts_1[0]["pairs"], "pairs_per_rank_2": [c["pairs"] for c in counts_2]}
+            "pairs_1": counts_1[0]["pairs"], "pairs_per_rank_2": [c["pairs"] for c in counts_2],
+            "series": series}
 
 
-def ac_case(comm, steps, repeats, serial):
+def ac_case(comm, steps, repeats):
+    """1 -> 2 rank Allen-Cahn strong scaling in one 2-rank launch, the protocol of the LJ case: the
+    serial stepper and the [1,1] domain on rank 0 alone, the [2,1] domain on both, alternating."""
+    from mpi4py import MPI
+
     from hpcsur.parallel.domain import SerialDomain
-    from hpcsur.parallel.fields import FieldDomain
+    from hpcsur.parallel.fields import FieldDomain, exchanges_per_step
     from hpcsur.systems.allen_cahn import AllenCahn, AllenCahnParams, reference_epsilon
 
     system = AllenCahn(AllenCahnParams(n=AC_N, epsilon=reference_epsilon(AC_N)))
     dt = 0.1 / (AC_N * AC_N)
     x0 = system.torus(0.35, 0.15)
-    size = comm.Get_size()
-    dom = FieldDomain(system, dt, comm, (size, 1), "rk4")
-    dom.load(x0)
-    dom.advance(1)
-    t = _best(lambda: dom.advance(steps), repeats, comm) / steps
-
-    def halos():
-        for _ in range(4):
-            dom.halo.exchange(dom.pad)
-    t_halo = _best(halos, repeats, comm)
-    out = {"points": AC_N * AC_N, "steps": steps, "ranks": size, "s_per_step": t,
-           "halo_4x_s": t_halo, "local_shape_rank0": list(dom.local_shape)}
-    if serial:
-        sd = SerialDomain(system, dt, integrator="rk4")
-        sd.load(x0)
-        sd.advance(1)
-        out["serial_s_per_step"] = _best(lambda: sd.advance(steps), repeats) / steps
-    return out
+    size, self_comm = comm.Get_size(), MPI.COMM_SELF
+    one = {"serial": SerialDomain(system, dt, integrator="rk4"),
+           "domain_1": FieldDomain(system, dt, self_comm, (1, 1), "rk4")}
+    two = {"domain_2": FieldDomain(system, dt, comm, (size, 1), "rk4")}
+    for dom in one.values():
+        _solo(comm, lambda: _timed_advance(self_comm, dom, x0, 2))
+    for dom in two.values():
+        _timed_advance(comm, dom, x0, 2)
+    best, best_cpu, series = _interleaved(comm, one, two, x0, steps, repeats)
+    dom2 = two["domain_2"]
+    exchange = _best(lambda: dom2.halo.exchange(dom2.pad), repeats + 2, comm)
+    rate = exchanges_per_step(True, "rk4", (AC_N, AC_N), (size, 1))
+    if comm.Get_rank() != 0:
+        return None
+    return {"points": AC_N * AC_N, "steps": steps, "grid_2": [size, 1], "halo_depth": dom2.depth,
+            "s_per_step_serial": best["serial"], "s_per_step_1": best["domain_1"], "s_per_step_2": best["domain_2"],
+            "cpu_s_per_step": {k: best_cpu[k] for k in best_cpu},
+            "exchange_s_2": exchange, "exchanges_per_step": rate, "local_shape_rank0": list(dom2.local_shape),
+            "series": series}
 
 
 def latency(comm, repeats=200):
@@ -274,13 +302,12 @@ def worker(args):
     from mpi4py import MPI
 
     comm = MPI.COMM_WORLD
-    serial = comm.Get_size() == 1
     cases = args.cases.split(",")
     res = {"ranks": comm.Get_size(), "latency_s": latency(comm)}
     if "lj" in cases and comm.Get_size() == 2:
         res["lj"] = lj_case(comm, args.lj_steps, args.repeats)
-    if "allen_cahn" in cases:
-        res["allen_cahn"] = ac_case(comm, args.ac_steps, args.repeats, serial)
+    if "allen_cahn" in cases and comm.Get_size() == 2:
+        res["allen_cahn"] = ac_case(comm, args.ac_steps, args.repeats)
     if "store" in cases:
         res["store"] = store_case(comm, args.shards, args.repeats)
     if comm.Get_rank() == 0:
@@ -300,6 +327,8 @@ def lj_summary(b):
     return {"size": n, "steps": b["steps"], "grid_2": b["grid_2"],
             "s_per_step_serial": ts, "s_per_step_1": t1, "s_per_step_2": t2,
             "efficiency": t1 / (2 * t2), "efficiency_vs_serial": ts / (2 * t2),
+            "paired": paired_efficiency(b["series"]["domain_1"], b["series"]["domain_2"]),
+            "paired_vs_serial": paired_efficiency(b["series"]["serial"], b["series"]["domain_2"]),
             "decomposed_overhead_1rank": t1 / ts,
             "newton_off": {"s_per_step_2": t2_off, "efficiency": t1 / (2 * t2_off),
                            "efficiency_vs_serial": ts / (2 * t2_off)},
@@ -326,15 +355,20 @@ def _cpu_summary(cpu):
             "efficiency_newton_off": t1 / (2 * t2_off)}
 
 
-def ac_summary(a, b):
-    """Merge the 1-rank and 2-rank Allen-Cahn results."""
-    t1, t2, ts = a["s_per_step"], b["s_per_step"], a["serial_s_per_step"]
-    unit = a["points"]
-    return {"size": unit, "steps": a["steps"], "s_per_step_1": t1, "s_per_step_2": t2, "s_per_step_serial": ts,
+def ac_summary(b):
+    """The Allen-Cahn results of the 2-rank launch."""
+    t1, t2, ts = b["s_per_step_1"], b["s_per_step_2"], b["s_per_step_serial"]
+    cpu = b["cpu_s_per_step"]
+    halo = b["exchange_s_2"] * b["exchanges_per_step"]
+    return {"size": b["points"], "steps": b["steps"], "grid_2": b["grid_2"], "halo_depth": b["halo_depth"],
+            "s_per_step_serial": ts, "s_per_step_1": t1, "s_per_step_2": t2,
             "efficiency": t1 / (2 * t2), "efficiency_vs_serial": ts / (2 * t2), "decomposed_overhead_1rank": t1 / ts,
-            "halo_s_per_step_1": a["halo_4x_s"], "halo_s_per_step_2": b["halo_4x_s"],
-            "compute_s_per_point_step": (t1 - a["halo_4x_s"]) / unit, "serial_s_per_point_step": ts / unit}
-
+            "paired": paired_efficiency(b["series"]["domain_1"], b["series"]["domain_2"]),
+            "paired_vs_serial": paired_efficiency(b["series"]["serial"], b["series"]["domain_2"]),
+            "cpu": {"efficiency": cpu["domain_1"] / (2 * cpu["domain_2"]),
+                    "efficiency_vs_serial": cpu["serial"] / (2 * cpu["domain_2"])},
+            "halo_s_per_step_2": halo, "halo_share_2": halo / t2,
+            "compute_s_per_point_step": t1 / b["points"]}
 
 
 def launch(n, args):
@@ -342,9 +376,12 @@ def launch(n, args):
     cmd = [str(mpiexec), "-n", str(n), sys.executable, str(Path(__file__).resolve()), "--worker",
            "--lj-steps", str(args.lj_steps), "--ac-steps", str(args.ac_steps),
            "--repeats", str(args.repeats), "--shards", str(args.shards), "--cases", args.cases]
-    # single-threaded ranks; a rank waiting in MPI yields its core (sched_yield) instead of spinning,
-    # so per-rank CPU time measures work, not waiting, when the host is shared
-    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1", MPIR_CVAR_ENABLE_HEAVY_YIELD="1")
+    # single-threaded ranks. --yield-waits: a rank waiting in MPI yields its core (sched_yield)
+    # instead of spinning, so per-rank CPU time measures work, not waiting, on a shared host (on a
+    # quiet host, busy polling -- MPICH's default and what HPC jobs run with -- is faster)
+    env = dict(os.environ, OMP_NUM_THREADS="1", NUMBA_NUM_THREADS="1")
+    if args.yield_waits:
+        env["MPIR_CVAR_ENABLE_HEAVY_YIELD"] = "1"
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout, env=env, cwd=ROOT)
     if proc.returncode != 0:
         sys.stderr.write(proc.stdout + proc.stderr)
@@ -357,10 +394,12 @@ def main():
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--lj-steps", type=int, default=30)
     ap.add_argument("--ac-steps", type=int, default=20)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=9)
     ap.add_argument("--shards", type=int, default=3, help="shards written per rank")
     ap.add_argument("--timeout", type=int, default=300, help="seconds per mpiexec run")
     ap.add_argument("--cases", default="lj,allen_cahn,store", help="comma-separated subset of lj,allen_cahn,store")
+    ap.add_argument("--yield-waits", action="store_true",
+                    help="MPI waits yield the core (for CPU-time ratios on a loaded host)")
     args = ap.parse_args()
     if args.worker:
         worker(args)
@@ -372,13 +411,14 @@ def main():
            "numba_threads": [r1["numba_threads"], r2["numba_threads"]]}
     if "lj" in r2:
         out["lj"] = lj_summary(r2["lj"])
-    if "allen_cahn" in r1:
-        out["allen_cahn"] = ac_summary(r1["allen_cahn"], r2["allen_cahn"])
+    if "allen_cahn" in r2:
+        out["allen_cahn"] = ac_summary(r2["allen_cahn"])
     if "store" in r1:
         out["store"] = {"MB_per_s_1": r1["store"]["MB_per_s_raw"], "MB_per_s_2": r2["store"]["MB_per_s_raw"],
                         "raw_MB_1": r1["store"]["raw_MB"], "raw_MB_2": r2["store"]["raw_MB"],
                         "on_disk_MB_2": r2["store"]["on_disk_MB"], "shard_raw_MB": r1["store"]["raw_MB"] / args.shards}
     out["mpi_latency_s"] = r2["latency_s"]
+    out["mpi_waits"] = "yield" if args.yield_waits else "busy-poll"
     out["wall_s"] = time.perf_counter() - t_start
     out["load_avg_1min"] = [load_before[0], os.getloadavg()[0]]
     print(json.dumps(out))

@@ -542,13 +542,13 @@ def generation_counts(spec: JobSpec, grid: Sequence[int], ranks: int) -> dict[st
         per_step_values, per_step_messages = 6.0 * ghosts, 4.0 * cut_axes + _log2(g)
         per_frame_values, per_frame_messages = 0.0, 0.0
     else:
-        from hpcsur.parallel.fields import halo_depth
+        from hpcsur.parallel.fields import exchanges_per_step, halo_depth
 
         is_2d = spec.kind == "allen_cahn"
         depth = halo_depth(is_2d, spec.integrator, shape, grid)
         n_fields = 1 if is_2d else 2
         values, messages = grid_exchange(shape, grid, depth, n_fields)
-        exchanges = 1 if (depth > 1 or spec.integrator == "euler") else 4
+        exchanges = exchanges_per_step(is_2d, spec.integrator, shape, grid)
         per_step_values, per_step_messages = exchanges * values, exchanges * messages
         per_frame_values, per_frame_messages = values, messages  # the exchange that ends advance()
     gathers = 3 if spec.labels.full else 2
