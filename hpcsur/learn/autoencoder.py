@@ -63,10 +63,13 @@ class ClosureAutoencoder(nn.Module):
         for name, value in (("x_mean", x_mean), ("x_std", x_std), ("obs_mean", obs_mean), ("obs_std", obs_std)):
             getattr(self, name).copy_(torch.as_tensor(value, dtype=getattr(self, name).dtype))
 
+    def closure(self, x: torch.Tensor) -> torch.Tensor:
+        """phi_hat(x), shape (..., d - n_obs)."""
+        return self.encoder_net((x - self.x_mean) / self.x_std)
+
     def encode(self, x: torch.Tensor) -> torch.Tensor:
         """z = phi(x) = (phi*(x), phi_hat(x)), shape (..., d)."""
-        closure = self.encoder_net((x - self.x_mean) / self.x_std)
-        return torch.cat([self.observable(x), closure], dim=-1)
+        return torch.cat([self.observable(x), self.closure(x)], dim=-1)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """x_hat = psi(z), shape (..., N)."""
@@ -75,8 +78,10 @@ class ClosureAutoencoder(nn.Module):
         return self.x_mean + self.x_std * self.decoder_net(scaled)
 
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
-        """J = d phi / d x for a batch, shape (B, d, N) (reverse mode, d backward passes per frame)."""
-        return vmap(jacrev(self.encode))(x)
+        """J = d phi / d x for a batch, shape (B, d, N), in reverse mode: the observable's rows and
+        the closure rows separately (one backward pass per row through its own branch only, not
+        through both branches of the concatenation)."""
+        return torch.cat([vmap(jacrev(self.observable))(x), vmap(jacrev(self.closure))(x)], dim=-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))

@@ -18,6 +18,7 @@ gradients to create one, which advances Adam's step counter and breaks "2 worker
 from __future__ import annotations
 
 import importlib.util
+import os
 from typing import Any, Optional
 
 import torch
@@ -55,6 +56,11 @@ class HorovodBackend(Backend):
         import horovod.torch as hvd
 
         self.hvd = hvd
+        if launch.launcher == "mpich":
+            # Horovod's background thread polls MPI: with MPICH's default busy waiting it keeps a
+            # core spinning even when idle, which on CPU nodes steals the core of a training
+            # worker. Yielding waits (read at MPI_Init) give the core back; the user's setting wins.
+            os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
         hvd.init()
         if launch.parallel and hvd.size() != launch.size:
             size = hvd.size()
