@@ -126,6 +126,11 @@ class ShuffleBuffer:
     def free(self) -> int:
         return self.capacity - self.n
 
+    def reset(self, rng: np.random.Generator) -> None:
+        """Empty it for a new epoch (the storage is kept: no new allocation, no page faults)."""
+        self.rng, self.n = rng, 0
+        self.slots = np.arange(self.capacity)
+
     def put(self, block: dict[str, np.ndarray], start: int, stop: int) -> None:
         """Append frames ``[start, stop)`` of ``block`` (the caller keeps them within ``free()``)."""
         if self.data is None:
@@ -224,7 +229,8 @@ class BatchStream:
 
     ``stream.batches(epoch)`` yields exactly ``stream.steps(epoch)`` dicts of torch tensors;
     ``stream.all_frames()`` every frame of the worker's share once (validation: ``training=False``
-    allows a worker to hold no shard at all).
+    allows a worker to hold no shard at all). The shuffle buffer is allocated once and reused, so
+    iterate one epoch at a time.
     """
 
     def __init__(self, path: str, names: Sequence[str], frame_range: tuple[int, int], batch: int,
@@ -259,6 +265,7 @@ class BatchStream:
             raise InputError(f"[train] memory_mb = {memory_mb:g} is too small for batch {self.batch}: streaming needs "
                              f"at least {need:.1f} MB ({prefetch + 1 + loader_workers} shards of "
                              f"{shard_bytes / MiB:.1f} MB in flight + one batch)")
+        self._buffer = ShuffleBuffer(self.capacity, np.random.default_rng(0), torch.empty((), dtype=dtype).numpy().dtype)
         if training and (len(self.selection) < size or self.steps(0) < 1):
             raise InputError(f"[train] workers = {size}: the {len(self.selection)} shard(s) of {self.n_frames} frames "
                              f"in this selection leave a worker without one full batch of {self.batch}; use fewer "
@@ -301,8 +308,8 @@ class BatchStream:
         steps = self.steps(epoch)
         if steps == 0:
             return
-        rng = np.random.default_rng([self.seed, epoch, self.rank, 0x5EED])
-        buf = ShuffleBuffer(self.capacity, rng, torch.empty((), dtype=self.dtype).numpy().dtype)
+        buf = self._buffer
+        buf.reset(np.random.default_rng([self.seed, epoch, self.rank, 0x5EED]))
         produced = 0
         blocks = self._blocks(self.pieces(epoch))
         try:
