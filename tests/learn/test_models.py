@@ -59,7 +59,7 @@ def test_gfinn_degeneracy_conditions_hold_to_round_off():
     _, ge = input_gradient(model.energy, z)
     _, gs = input_gradient(model.entropy, z)
     l_op, m_op = model.operators(z, ge, gs)
-    scale = float(max(l_op.abs().max(), m_op.abs().max()) * (ge.abs().max() + gs.abs().max()))
+    scale = float((max(l_op.abs().max(), m_op.abs().max()) * (ge.abs().max() + gs.abs().max())).detach())
     assert torch.allclose(l_op, -l_op.transpose(-1, -2), atol=1e-14)
     assert torch.allclose(m_op, m_op.transpose(-1, -2), atol=1e-14)
     assert torch.linalg.eigvalsh(m_op).min() > -1e-12
