@@ -184,6 +184,18 @@ def neighbour_axis(c, n_cell, mode):
 
 
 @njit(**_JIT)
+def stencil_cell(cx, cy, cz, offset, nx, ny, nz, mode):
+    """The cell at stencil ``offset`` from cell (cx, cy, cz): ``(c2, kx, ky, kz)`` with the periodic
+    images crossed per axis, or ``c2 = -1`` past an open edge."""
+    jx, kx = neighbour_axis(cx + offset[0], nx, mode[0])
+    jy, ky = neighbour_axis(cy + offset[1], ny, mode[1])
+    jz, kz = neighbour_axis(cz + offset[2], nz, mode[2])
+    if jx < 0 or jy < 0 or jz < 0:
+        return -1, kx, ky, kz
+    return (jx * ny + jy) * nz + jz, kx, ky, kz
+
+
+@njit(**_JIT)
 def counting_sort(cell_of, n_total):
     """Stable counting sort of atoms by cell: returns ``(cell_start, atoms, slot_of)``."""
     n = cell_of.shape[0]
@@ -346,12 +358,9 @@ def build_half_list(pos, own_start, ghost_start, ghost_mid, newton, mode, n_cell
                 count = 0
                 count_ghost = 0
                 for s in range(m):
-                    jx, kx = neighbour_axis(cx + stencil[s, 0], nx, mode[0])
-                    jy, ky = neighbour_axis(cy + stencil[s, 1], ny, mode[1])
-                    jz, kz = neighbour_axis(cz + stencil[s, 2], nz, mode[2])
-                    if jx < 0 or jy < 0 or jz < 0:
+                    c2, kx, ky, kz = stencil_cell(cx, cy, cz, stencil[s], nx, ny, nz, mode)
+                    if c2 < 0:
                         continue
-                    c2 = (jx * ny + jy) * nz + jz
                     near[count] = c2
                     near_k[count, 0] = kx
                     near_k[count, 1] = ky
@@ -641,12 +650,9 @@ def partial_forces_cells(rows, pos, own_start, ghost_start, mode, n_cell, box, s
         fza = 0.0
         nearest = np.inf
         for s in range(stencil.shape[0]):
-            jx, kx = neighbour_axis(cx + stencil[s, 0], nx, mode[0])
-            jy, ky = neighbour_axis(cy + stencil[s, 1], ny, mode[1])
-            jz, kz = neighbour_axis(cz + stencil[s, 2], nz, mode[2])
-            if jx < 0 or jy < 0 or jz < 0:
+            c2, kx, ky, kz = stencil_cell(cx, cy, cz, stencil[s], nx, ny, nz, mode)
+            if c2 < 0:
                 continue
-            c2 = (jx * ny + jy) * nz + jz
             sx = kx * box[0] if mode[0] == PERIODIC else 0.0
             sy = ky * box[1] if mode[1] == PERIODIC else 0.0
             sz = kz * box[2] if mode[2] == PERIODIC else 0.0

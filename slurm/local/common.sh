@@ -9,6 +9,21 @@ PMIX_LIB=/usr/lib/x86_64-linux-gnu/pmix2/lib/libpmix.so
 
 say() { echo "slurm/local: $*" >&2; }
 
+# parse_lease_args HELP_LINES "$@": sets $lease from `--lease PID`; --help prints the calling
+# script's header (lines HELP_LINES, e.g. 2,15).
+parse_lease_args() {
+  local help=$1
+  shift
+  lease=""
+  while [ $# -gt 0 ]; do
+    case "$1" in
+      --lease) lease=${2:?--lease needs a PID}; shift 2;;
+      -h|--help) sed -n "${help}p" "$0"; exit 0;;
+      *) say "unknown argument $1"; exit 2;;
+    esac
+  done
+}
+
 # pid_of NAME: the PID recorded for daemon NAME, if that process is alive and is NAME.
 pid_of() {
   local f="$STATE/$1.pid" pid

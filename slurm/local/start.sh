@@ -17,14 +17,7 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
 
-lease=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --lease) lease=${2:?--lease needs a PID}; shift 2;;
-    -h|--help) sed -n '2,15p' "$0"; exit 0;;
-    *) say "unknown argument $1"; exit 2;;
-  esac
-done
+parse_lease_args 2,15 "$@"
 
 fail() { say "$*"; echo "$*" 2>/dev/null > "$STATE/unavailable" || true; exit 1; }
 [ "$(id -u)" = 0 ] || fail "needs root to install and start slurmctld/slurmd/munged (running as $(id -un))"

@@ -12,14 +12,7 @@ set -uo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 source "$here/common.sh"
 
-lease=""
-while [ $# -gt 0 ]; do
-  case "$1" in
-    --lease) lease=${2:?--lease needs a PID}; shift 2;;
-    -h|--help) sed -n '2,11p' "$0"; exit 0;;
-    *) say "unknown argument $1"; exit 2;;
-  esac
-done
+parse_lease_args 2,11 "$@"
 [ -d "$STATE" ] || exit 0
 exec 9>"$STATE/lock"
 flock -w 300 9 || { say "another start.sh/stop.sh holds $STATE/lock; not stopping"; exit 1; }
