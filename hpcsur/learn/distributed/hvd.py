@@ -61,6 +61,8 @@ class HorovodBackend(Backend):
             # core spinning even when idle, which on CPU nodes steals the core of a training
             # worker. Yielding waits (read at MPI_Init) give the core back; the user's setting wins.
             os.environ.setdefault("MPIR_CVAR_ENABLE_HEAVY_YIELD", "1")
+            # HOROVOD_CYCLE_TIME stays at Horovod's 1 ms: 0.1 ms cut a bare 28 k-float allreduce from
+            # 1.07 to 0.29 ms but slowed real epochs by ~25 % (the background thread wakes 10x more often).
         hvd.init()
         if launch.parallel and hvd.size() != launch.size:
             size = hvd.size()
