@@ -1,5 +1,6 @@
 """``hpcsur evaluate JOB.toml``: latent RK4 rollouts of every trained model against the encoded test
-trajectories; writes ``<run_dir>/report.json`` and ``<run_dir>/plots/*.png`` and prints the table."""
+trajectories (and of every saved snapshot, for error-vs-epoch curves); writes ``<run_dir>/report.json``,
+``<run_dir>/plots/*.png`` and the results claim ``<[output] results>/<job>.json``, and prints the table."""
 
 
 def add_arguments(parser):
@@ -15,6 +16,8 @@ def run(args):
     report = stages.evaluate(spec)
     print(stages.format_table(report))
     print(f"report: {report['plots']['observables'].rsplit('/plots/', 1)[0]}/report.json")
+    if "results" in report:
+        print(f"results: {report['results']}")
     for name, path in report["plots"].items():
         print(f"plot ({name}): {path}")
     return 0

@@ -7,7 +7,9 @@ Encoder and decoder (Chen & Li, Sec. 3.1)::
 
 phi* is the system's analytic observable (no parameters); mu, sigma are per-coordinate statistics
 of the training frames and m_z, s_z scale the observable part of z for the decoder (closure
-coordinates are used as they come). The loss is
+coordinates are used as they come). With the reference code's recipe (``recipe = "reference"``)
+mu = m_z = 0 and sigma = s_z = 1 -- raw inputs, raw observables into the decoder -- and the
+biases keep torch's default initialisation. The loss is
 
     L_AE = L_rec + lambda_cond L_cond
     L_rec  = mean over frames and coordinates of ((x - psi(phi(x))) / sigma)^2
@@ -39,6 +41,7 @@ class AutoencoderShape:
     latent_dim: int
     hidden: tuple[int, ...]
     activation: str
+    recipe: str = "hpcsur"
 
     @property
     def closure_dim(self) -> int:
@@ -52,8 +55,10 @@ class ClosureAutoencoder(nn.Module):
         super().__init__()
         self.shape, self.observable = shape, observable
         hidden = list(shape.hidden)
-        self.encoder_net = mlp([shape.n_state] + hidden + [shape.closure_dim], shape.activation)
-        self.decoder_net = mlp([shape.latent_dim] + hidden[::-1] + [shape.n_state], shape.activation)
+        zero_bias = shape.recipe != "reference"
+        self.encoder_net = mlp([shape.n_state] + hidden + [shape.closure_dim], shape.activation, zero_bias=zero_bias)
+        self.decoder_net = mlp([shape.latent_dim] + hidden[::-1] + [shape.n_state], shape.activation,
+                               zero_bias=zero_bias)
         self.register_buffer("x_mean", torch.zeros(shape.n_state))
         self.register_buffer("x_std", torch.ones(shape.n_state))
         self.register_buffer("obs_mean", torch.zeros(shape.n_obs))

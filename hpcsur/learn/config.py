@@ -20,8 +20,11 @@ from hpcsur.config import field
 from hpcsur.errors import InputError
 
 ACTIVATIONS = ("softplus", "tanh", "relu", "gelu", "silu", "relu2")
-MODELS = ("mlp", "onsagernet", "gfinn")
+MODELS = ("mlp", "onsagernet", "onsagernet_ref", "gfinn")
 LOSSES = ("lz", "lx", "lxp")
+RECIPES = ("hpcsur", "reference")
+SCHEDULE_ON = ("train", "val", "none")
+SELECT = ("last", "val_loss", "val_rollout")
 BACKENDS = ("auto", "horovod", "ddp", "none")
 
 
@@ -44,6 +47,12 @@ class Autoencoder:
     lambda_cond: float = field(1e-6, ge=0.0, doc="weight of the condition-number loss L_cond")
     cond_rows: str = field("all", choices=("all", "closure"),
                            doc="rows of J in kappa(J J^T): all of phi, or the closure part only (LJ)")
+    recipe: str = field("hpcsur", choices=RECIPES,
+                        doc="hpcsur: inputs and decoded observables normalised by training statistics, "
+                            "AdamW (amsgrad) with ReduceLROnPlateau, best validation epoch kept; "
+                            "reference: the reference code's recipe -- raw inputs, Adam with betas "
+                            "(0.9, 0.95) and coupled L2 weight decay, constant learning rate, last epoch "
+                            "kept, torch's default biases")
     epochs: int = field(10, ge=1)
     batch: int = field(256, ge=1)
     lr: float = field(1e-3, gt=0.0)
@@ -57,7 +66,16 @@ class Latent:
     """Latent ODE model g_theta and the losses it is trained with.
 
     ``equivalent_data`` is K p, the number of *full-force-equivalent* configurations: L_z and L_x
-    train on K = equivalent_data configurations, L_x,p on K = equivalent_data / p.
+    train on K = equivalent_data configurations, L_x,p on K = equivalent_data / p. A list trains
+    every loss and seed at each size (a data-efficiency sweep, the paper's Table 2).
+
+    The *protocol*: ``schedule_on`` is what ReduceLROnPlateau watches (``train``: the epoch-mean
+    training loss with its constant, as the reference code; ``val``: the validation loss, whose
+    labels are force evaluations the ledger counts; ``none``: constant learning rate), ``select``
+    which model is kept and scored (``last``; ``val_loss``; ``val_rollout``: the lowest
+    observable error of latent RK4 rollouts on the validation trajectories, every ``select_every``
+    epochs -- it needs encoded states only, no forces). ``snapshot_every`` saves the model for
+    the error-vs-epoch curve of the evaluation (0: none).
     """
 
     model: str = field("onsagernet", choices=MODELS)
@@ -65,17 +83,43 @@ class Latent:
     activation: str = field("tanh", choices=ACTIVATIONS)
     forcing: bool = field(False, doc="OnsagerNet: add a learned forcing term F(z)")
     losses: list[str] = field(["lz", "lxp"], choices=LOSSES)
-    equivalent_data: int = field(ge=1, doc="configurations x p (see the class docstring)")
+    equivalent_data: int | list[int] = field(ge=1, doc="configurations x p, or a list of them (see the class docstring)")
     seeds: list[int] = field([1, 2, 3], ge=0)
     epochs: int = field(200, ge=1)
     batch: int = field(256, ge=1)
     lr: float = field(5e-3, gt=0.0)
     weight_decay: float = field(0.0, ge=0.0)
-    patience: int = field(50, ge=1, doc="ReduceLROnPlateau patience (epochs)")
+    patience: int | dict = field(50, ge=1, doc="ReduceLROnPlateau patience (epochs), or one per loss, e.g. "
+                                               "{ lz = 50, lx = 100, lxp = 100 } (the reference's)")
     factor: float = field(0.5, gt=0.0, lt=1.0)
     min_lr: float = field(5e-6, ge=0.0)
+    schedule_on: str = field("val", choices=SCHEDULE_ON, doc="what the learning-rate scheduler watches")
+    select: str = field("val_loss", choices=SELECT, doc="which model is kept and scored")
+    select_every: int = field(50, ge=1, doc="epochs between validation rollouts (select = val_rollout)")
+    snapshot_every: int = field(100, ge=0, doc="epochs between saved models for error-vs-epoch curves (0: none)")
+
+    def patience_for(self, loss: str) -> int:
+        return self.patience[loss] if isinstance(self.patience, dict) else self.patience
+
+    @property
+    def sizes(self) -> list[int]:
+        """The equivalent-data sizes, as a list."""
+        return list(self.equivalent_data) if isinstance(self.equivalent_data, list) else [self.equivalent_data]
 
     def validate(self, where: str) -> None:
+        if len(set(self.sizes)) != len(self.sizes) or not self.sizes:
+            raise InputError(f"{where} equivalent_data = {self.equivalent_data!r}: give at least one size, each once")
+        if isinstance(self.patience, dict):
+            for loss in self.losses:
+                value = self.patience.get(loss)
+                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                    raise InputError(f"{where} patience.{loss} = {value!r} is not allowed; give an integer >= 1 for "
+                                     f"every loss in losses = {self.losses!r}")
+            unknown = sorted(set(self.patience) - set(LOSSES))
+            if unknown:
+                raise InputError(f"{where} patience has unknown key {unknown[0]!r}; allowed keys: {', '.join(LOSSES)}")
+        if self.forcing and self.model != "onsagernet":
+            raise InputError(f"{where} forcing = true is allowed only with model = \"onsagernet\", not {self.model!r}")
         if len(set(self.losses)) != len(self.losses) or not self.losses:
             raise InputError(f"{where} losses = {self.losses!r}: give each of lz, lx, lxp at most once, at least one")
         if len(set(self.seeds)) != len(self.seeds) or not self.seeds:

@@ -17,6 +17,10 @@ shard refills it. The order of batches is therefore a pure function of (seed, ep
 whatever the number of reader processes, and a run resumed at step s of an epoch replays the same
 stream and skips the first s batches.
 
+**Draws.** Arrays with a draw axis (several index sets per frame, ``[labels] draws``) are read
+as the one draw the stream was built for (``draw``), so a latent model sees one index set per
+frame and holds nothing of the others.
+
 **Memory.** ``memory_mb`` bounds what a worker holds: the shuffle buffer plus the shards in flight
 (``prefetch`` + 1). When the whole selection fits in half the budget it is read once and kept
 (many epochs over small encoded data should not re-read the store); otherwise shards stream from
@@ -170,23 +174,32 @@ class ShuffleBuffer:
 
 
 # ----------------------------------------------------------------------------- shard sources
+def read_shard(dataset, shard: int, names: Sequence[str], draw: int) -> dict[str, np.ndarray]:
+    """The arrays ``names`` of one shard, with draw ``draw`` taken from those with a draw axis."""
+    arrays = dataset.shard(shard, names)
+    for name in dataset.schema.draw_arrays():
+        if name in arrays:
+            arrays[name] = np.ascontiguousarray(arrays[name][:, draw])
+    return arrays
+
+
 class _ShardReaderDataset(torch.utils.data.IterableDataset):
     """Yields (piece, arrays) for a list of pieces; DataLoader workers split the list i::W and the
     loader interleaves them round robin, which restores the list order exactly."""
 
-    def __init__(self, path: str, names: Sequence[str], piece_list: list[Piece]):
+    def __init__(self, path: str, names: Sequence[str], piece_list: list[Piece], draw: int = 0):
         super().__init__()
-        self.path, self.names, self.piece_list = str(path), list(names), piece_list
+        self.path, self.names, self.piece_list, self.draw = str(path), list(names), piece_list, draw
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
         mine = self.piece_list if info is None else self.piece_list[info.id::info.num_workers]
         dataset = open_dataset(self.path)  # opened inside the worker process
         for piece in mine:
-            yield piece.shard, dataset.shard(piece.shard, self.names)
+            yield piece.shard, read_shard(dataset, piece.shard, self.names, self.draw)
 
 
-def _read_pieces_thread(path, names, piece_list, prefetch) -> Iterator[tuple[int, dict]]:
+def _read_pieces_thread(path, names, piece_list, prefetch, draw: int = 0) -> Iterator[tuple[int, dict]]:
     """Read shards in a background thread, at most ``prefetch`` ahead of the consumer."""
     q: queue.Queue = queue.Queue(maxsize=prefetch)
     stop = threading.Event()
@@ -198,7 +211,7 @@ def _read_pieces_thread(path, names, piece_list, prefetch) -> Iterator[tuple[int
             for piece in piece_list:
                 if stop.is_set():
                     return
-                q.put((piece.shard, dataset.shard(piece.shard, names)))
+                q.put((piece.shard, read_shard(dataset, piece.shard, names, draw)))
         except BaseException as exc:  # surfaced in the consumer
             q.put(exc)
             return
@@ -236,8 +249,8 @@ class BatchStream:
     def __init__(self, path: str, names: Sequence[str], frame_range: tuple[int, int], batch: int,
                  rank: int = 0, size: int = 1, seed: int = 0, memory_mb: float = 1024.0,
                  shuffle_buffer: int = 8192, prefetch: int = 2, loader_workers: int = 0,
-                 dtype: torch.dtype = torch.float32, shuffle: bool = True, training: bool = True):
-        self.path, self.names = str(path), list(names)
+                 dtype: torch.dtype = torch.float32, shuffle: bool = True, training: bool = True, draw: int = 0):
+        self.path, self.names, self.draw = str(path), list(names), int(draw)
         self.rank, self.size, self.seed, self.batch = rank, size, seed, int(batch)
         self.dtype, self.shuffle, self.prefetch, self.loader_workers = dtype, shuffle, prefetch, loader_workers
         dataset = open_dataset(self.path)
@@ -249,10 +262,14 @@ class BatchStream:
         if incomplete:
             raise InputError(f"store {self.path}: shard {min(incomplete)} is incomplete; finish the stage that "
                              "writes it (run it again with --resume)")
+        if not 0 <= self.draw < schema.draws:
+            raise InputError(f"store {self.path}: draw {self.draw} does not exist (the store has {schema.draws} "
+                             "index set(s) per frame; [labels] draws)")
         self.selection = pieces(frame_range, schema.frames_per_shard)
         self.n_frames = frame_range[1] - frame_range[0]
         specs = schema.arrays()
-        self.bytes_per_frame = sum(specs[n].bytes_per_frame for n in self.names)
+        self.bytes_per_frame = sum(specs[n].bytes_per_frame // (schema.draws if n in schema.draw_arrays() else 1)
+                                   for n in self.names)
         shard_bytes = self.bytes_per_frame * schema.frames_per_shard
         budget = memory_mb * MiB
         in_flight = (prefetch + 1 + loader_workers) * shard_bytes
@@ -271,7 +288,7 @@ class BatchStream:
                              f"in this selection leave a worker without one full batch of {self.batch}; use fewer "
                              "workers, a smaller batch, or smaller [store] frames_per_shard")
         if 2 * cache_bytes <= budget:
-            self.cache = {s: dataset.shard(s, self.names) for s in sorted(self.selection)}
+            self.cache = {s: read_shard(dataset, s, self.names, self.draw) for s in sorted(self.selection)}
 
     # -- plan ----------------------------------------------------------------------------------
     def pieces(self, epoch: int) -> list[Piece]:
@@ -291,11 +308,11 @@ class BatchStream:
             source = ((p.shard, self.cache[p.shard]) for p in piece_list)
         elif self.loader_workers > 0:
             loader = torch.utils.data.DataLoader(
-                _ShardReaderDataset(self.path, self.names, piece_list), batch_size=None,
+                _ShardReaderDataset(self.path, self.names, piece_list, self.draw), batch_size=None,
                 num_workers=self.loader_workers, multiprocessing_context="spawn", prefetch_factor=self.prefetch)
             source = ((s, {k: np.asarray(v) for k, v in arrays.items()}) for s, arrays in loader)
         else:
-            source = _read_pieces_thread(self.path, self.names, piece_list, self.prefetch)
+            source = _read_pieces_thread(self.path, self.names, piece_list, self.prefetch, self.draw)
         for shard, arrays in source:
             yield by_shard[int(shard)], arrays
 
@@ -347,13 +364,15 @@ class BatchStream:
 
 
 # ----------------------------------------------------------------------------- statistics
-def frame_moments(path: str, name: str, frame_range: tuple[int, int]) -> tuple[np.ndarray, np.ndarray, int]:
-    """Per-component mean and standard deviation (ddof = 1) of array ``name`` over ``[g0, g1)``,
-    streamed shard by shard in float64 (shifted by the first frame to avoid cancellation)."""
+def frame_moments(path: str, name: str, frame_range: tuple[int, int], draw: int = 0
+                  ) -> tuple[np.ndarray, np.ndarray, int]:
+    """Per-component mean and standard deviation (ddof = 1) of array ``name`` (its draw ``draw``
+    where it has a draw axis) over ``[g0, g1)``, streamed shard by shard in float64 (shifted by the
+    first frame to avoid cancellation)."""
     dataset = open_dataset(path)
     shift, total, total2, count = None, None, None, 0
     for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard).items()):
-        block = dataset.shard(s, [name])[name][piece.start:piece.stop].astype(np.float64)
+        block = read_shard(dataset, s, [name], draw)[name][piece.start:piece.stop].astype(np.float64)
         if shift is None:
             shift = block[0].copy()
             total, total2 = np.zeros_like(shift), np.zeros_like(shift)

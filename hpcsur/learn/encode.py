@@ -41,10 +41,11 @@ def layout_of(attrs: dict) -> Layout:
 
 def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.ndarray, f_partial: np.ndarray,
                  f_full: np.ndarray | None = None) -> dict[str, np.ndarray]:
-    """The encoded arrays of a block of frames (float64 throughout)."""
+    """The encoded arrays of a block of frames (float64 throughout). ``idx`` is (frames, draws, k),
+    ``f_partial`` (frames, draws, k, m); the partial-label outputs keep the draw axis."""
     frames, n_state = x.shape
     d = ae.shape.latent_dim
-    k = idx.shape[1]
+    draws, k = idx.shape[1:]
     scale = layout.n_blocks / k  # 1/p with p = k/n exactly
     chunk = max(1, JACOBIAN_BYTES // (8 * d * n_state))
     out = {name: [] for name in ("z", "lxp_R", "lxp_y", "lxp_r2", "jf_est")}
@@ -58,16 +59,18 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
             with torch.enable_grad():
                 j = ae.jacobian(xt).detach()
             chol = gram_cholesky(j)
-            cols = torch.from_numpy(np.stack([layout.coordinates(i).reshape(-1) for i in idx[a:b]]))
-            f_i = torch.from_numpy(np.ascontiguousarray(f_partial[a:b], dtype=np.float64).reshape(b - a, -1))
-            rows = partial_pinv_rows(j, cols, chol)
-            r, y, r2 = residual_triple(rows, f_i)
-            j_i = torch.gather(j, -1, cols.unsqueeze(-2).expand(b - a, d, cols.shape[-1]))
+            per_draw = {name: [] for name in ("lxp_R", "lxp_y", "lxp_r2", "jf_est")}
+            for draw in range(draws):
+                cols = torch.from_numpy(np.stack([layout.coordinates(i).reshape(-1) for i in idx[a:b, draw]]))
+                f_i = torch.from_numpy(np.ascontiguousarray(f_partial[a:b, draw], dtype=np.float64).reshape(b - a, -1))
+                r, y, r2 = residual_triple(partial_pinv_rows(j, cols, chol), f_i)
+                j_i = torch.gather(j, -1, cols.unsqueeze(-2).expand(b - a, d, cols.shape[-1]))
+                for name, value in (("lxp_R", r), ("lxp_y", y), ("lxp_r2", r2),
+                                    ("jf_est", scale * (j_i @ f_i.unsqueeze(-1)).squeeze(-1))):
+                    per_draw[name].append(value)
             out["z"].append(z)
-            out["lxp_R"].append(r)
-            out["lxp_y"].append(y)
-            out["lxp_r2"].append(r2)
-            out["jf_est"].append(scale * (j_i @ f_i.unsqueeze(-1)).squeeze(-1))
+            for name, values in per_draw.items():
+                out[name].append(torch.stack(values, dim=1))
             if f_full is not None:
                 f = torch.from_numpy(np.ascontiguousarray(f_full[a:b], dtype=np.float64))
                 r_x, y_x, r2_x, jf = full_triple(j, f, chol)
@@ -100,7 +103,7 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
     attrs = {key: src.attrs[key] for key in zstore.REQUIRED_ATTRS}
     attrs.update({"source": str(Path(source).resolve()), "source_spec_hash": src.attrs["spec_hash"],
                   "autoencoder": digest, "latent_dim": ae.shape.latent_dim, "n_obs": ae.shape.n_obs,
-                  "observables": src.attrs.get("observables", []), "k": src.schema.k,
+                  "observables": src.attrs.get("observables", []), "k": src.schema.k, "draws": src.schema.draws,
                   "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"])})
     schema = src.schema.encoded(ae.shape.latent_dim)
     error, lock = None, None

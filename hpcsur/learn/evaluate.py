@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from hpcsur.learn.data import Split
-from hpcsur.learn.latent import rk4_rollout
+from hpcsur.learn.latent import rk4_rollout, stack_models
 from hpcsur.store import open_dataset
 
 
@@ -43,14 +43,30 @@ def summarise(values: list[float]) -> dict:
             "std_population": float(a.std()), "values": [float(v) for v in a]}
 
 
-def test_paths(encoded: str, split: Split, trajectories: int | None, frames: int | None):
-    """(t, z) of the test trajectories: t (F,), z (F, T, d)."""
+def trajectory_paths(encoded: str, trajs: list[int], frames: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(t, z) of trajectories ``trajs``: t (F,), z (F, T, d)."""
     dataset = open_dataset(encoded)
-    trajs = list(split.trajectories("test"))[: trajectories or None]
     F = dataset.frames_per_traj if frames is None else min(frames, dataset.frames_per_traj)
     z = np.stack([dataset.frames(t, 0, F, ["z"])["z"] for t in trajs], axis=1)
-    t = dataset.frames(trajs[0], 0, F, ["t"])["t"]
+    return dataset.frames(trajs[0], 0, F, ["t"])["t"], z
+
+
+def test_paths(encoded: str, split: Split, trajectories: int | None, frames: int | None):
+    """(t, z, trajectory ids) of the test trajectories: t (F,), z (F, T, d)."""
+    trajs = list(split.trajectories("test"))[: trajectories or None]
+    t, z = trajectory_paths(encoded, trajs, frames)
     return t, z, trajs
+
+
+def rollout_many(models: list, z_true: np.ndarray, t: np.ndarray, substeps: int) -> np.ndarray:
+    """RK4 rollouts of K models of one architecture at once (:func:`stack_models`), each from
+    z_true[0] over the stored times; returns (K, F, T, d) float64."""
+    frame_dt = float(t[1] - t[0])
+    with torch.no_grad():
+        stacked = stack_models([m.double().eval() for m in models])
+        z0 = torch.from_numpy(z_true[0]).expand(len(models), *z_true.shape[1:]).contiguous()
+        path = rk4_rollout(stacked, z0, frame_dt / substeps, (len(t) - 1) * substeps, every=substeps)
+    return path.transpose(0, 1).numpy()
 
 
 def rollout(model, z_true: np.ndarray, t: np.ndarray, substeps: int) -> np.ndarray:
@@ -88,21 +104,22 @@ def plot_observables(path: Path, t, z_true, predictions: dict, names, n_traj: in
 
 
 def plot_curves(path: Path, curves: dict[str, list[dict]]) -> None:
-    """Training (solid) and validation (dashed) loss per epoch; one panel per loss, whose scales
-    differ (L_x and L_x,p without their theta-independent residual r2)."""
+    """Training (solid) and, where computed, validation (dashed) loss per epoch; one panel per
+    loss, whose scales differ."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    kinds = sorted({label.split("-s")[0] for label in curves})
+    kinds = sorted({label.split("-")[0] for label in curves})
     fig, axes = plt.subplots(1, max(len(kinds), 1), figsize=(4.6 * max(len(kinds), 1), 3.8), squeeze=False)
     for ax, kind in zip(axes[0], kinds):
         for label, rows in curves.items():
-            if not rows or label.split("-s")[0] != kind:
+            if not rows or label.split("-")[0] != kind:
                 continue
             epochs = [r["epoch"] for r in rows]
             line, = ax.semilogy(epochs, [r["train"] for r in rows], lw=1, label=f"{label} train")
-            ax.semilogy(epochs, [r["val"] for r in rows], "--", lw=1, color=line.get_color(), label=f"{label} val")
+            if any(math.isfinite(r["val"]) for r in rows):
+                ax.semilogy(epochs, [r["val"] for r in rows], "--", lw=1, color=line.get_color(), label=f"{label} val")
         ax.set_title({"lz": "L_z", "lx": "L_x", "lxp": "L_x,p"}.get(kind, kind))
         ax.set_xlabel("epoch")
         ax.legend(fontsize=7)
@@ -112,21 +129,47 @@ def plot_curves(path: Path, curves: dict[str, list[dict]]) -> None:
     plt.close(fig)
 
 
-def plot_errors(path: Path, table: dict) -> None:
+def plot_errors(path: Path, rows: list[dict]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    labels = list(table)
-    means = [table[k]["e_sq"]["mean"] for k in labels]
-    stds = [table[k]["e_sq"]["std"] for k in labels]
-    ax.bar(labels, means, yerr=stds, capsize=4, color=["#777", "#3a7", "#37a"][: len(labels)])
+    fig, ax = plt.subplots(figsize=(max(5, 0.9 * len(rows) + 2), 3.5))
+    labels = [row_label(r) for r in rows]
+    means = [r["e_abs"]["mean"] for r in rows]
+    stds = [r["e_abs"]["std"] for r in rows]
+    colours = {"lz": "#777", "lx": "#3a7", "lxp": "#37a"}
+    ax.bar(labels, means, yerr=stds, capsize=4, color=[colours.get(r["loss"], "#999") for r in rows])
     ax.set_yscale("log")
-    ax.set_ylabel("mean relative error (Eq. 43)")
+    ax.set_ylabel("relative error (code metric, non-squared)")
+    ax.tick_params(axis="x", labelrotation=30 if len(rows) > 4 else 0)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_error_curves(path: Path, rows: list[dict]) -> None:
+    """Test error of the snapshots vs epoch, mean over seeds, one line per (loss, size)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for r in rows:
+        points = [(c["epoch"], c["e_abs"]["mean"]) for c in r.get("curve", []) if c["e_abs"]["mean"] is not None]
+        if points:
+            ax.semilogy(*zip(*points), "o-", ms=3, lw=1.2, label=row_label(r))
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test error (code metric), mean over seeds")
+    if ax.lines:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def row_label(row: dict) -> str:
+    return f"{row['loss']} e{row['equivalent_data']}"
 
 
 def finite_or_none(x: float):
@@ -148,12 +191,38 @@ def write_report(path: Path, report: dict) -> None:
     tmp.replace(path)
 
 
-def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, losses=None, seeds=None) -> dict:
-    """Roll out every trained (loss, seed) model on the test trajectories; write report.json and plots."""
+def force_evaluations(run, attrs: dict, latent_cfg, n_validation_frames: int) -> dict:
+    """The force-cost ledger of one latent model: labelled coordinates x frames, for training and for
+    the validation loss when the protocol uses it (rollout selection needs no forces)."""
+    layout = attrs["layout"]
+    n_state = int(layout["block_size"]) * int(layout["n_blocks"])
+    per_frame = int(attrs["k"]) * int(layout["block_size"]) if run.loss == "lxp" else n_state
+    uses_val = latent_cfg.schedule_on == "val" or latent_cfg.select == "val_loss"
+    train, val = run.frames * per_frame, (n_validation_frames * per_frame if uses_val else 0)
+    return {"per_frame": per_frame, "train_frames": run.frames, "train": train,
+            "validation_frames": n_validation_frames if uses_val else 0, "validation": val, "total": train + val}
+
+
+def _curve(per_seed: list[list[dict]]) -> list[dict]:
+    """Mean over seeds of the snapshot errors at the epochs every seed has."""
+    common = sorted(set.intersection(*[{p["epoch"] for p in pts} for pts in per_seed])) if per_seed else []
+    out = []
+    for epoch in common:
+        at = [next(p for p in pts if p["epoch"] == epoch) for pts in per_seed]
+        out.append({"epoch": epoch, "e_abs": summarise([p["e_abs"] for p in at]),
+                    "e_sq": summarise([p["e_sq"] for p in at])})
+    return out
+
+
+def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, losses=None, seeds=None,
+                 sizes=None) -> dict:
+    """Roll out every trained (loss, size, seed) model on the test trajectories, and every snapshot
+    for the error-vs-epoch curves; write report.json and plots."""
     import csv
 
     from hpcsur.learn.data import split_of
-    from hpcsur.learn.stages import load_latent, run_name, training_frames
+    from hpcsur.learn.stages import latent_model, latent_runs, load_latent, run_meta
+    from hpcsur.learn.train import load_snapshots
 
     run_dir = Path(run_dir)
     dataset = open_dataset(encoded)
@@ -162,37 +231,61 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     n_obs = int(attrs["n_obs"])
     names = list(attrs.get("observables") or [f"z{i}" for i in range(n_obs)])
     t, z_true, trajs = test_paths(encoded, split, eval_cfg.trajectories, eval_cfg.frames)
-    losses = list(losses or latent_cfg.losses)
-    seeds = list(seeds if seeds is not None else latent_cfg.seeds)
-    available = split.frames("train")[1]
-    runs, table, shown, curves = [], {}, {}, {}
-    for loss in losses:
-        k = training_frames(loss, latent_cfg, float(attrs["p_eff"]), available)
-        per_seed_sq, per_seed_abs = [], []
-        for seed in seeds:
-            model = load_latent(attrs, run_dir, latent_cfg, loss, seed, k)
-            pred = rollout(model, z_true, t, eval_cfg.substeps)
+    runs = latent_runs(latent_cfg, attrs, split.frames("train")[1], losses, seeds, sizes)
+    n_val = split.frames("validation")[1] - split.frames("validation")[0]
+    groups: dict[tuple[str, int], list] = {}
+    for run in runs:
+        groups.setdefault((run.loss, run.size), []).append(run)
+    rows, runs_out, shown, curves = [], [], {}, {}
+    for (loss, size), members in groups.items():
+        # every seed's selected model and snapshots of this row, rolled out together
+        models, owners = [], []
+        for i, run in enumerate(members):
+            models.append(load_latent(attrs, run_dir, latent_cfg, run))
+            owners.append((i, None))
+            for epoch, state in load_snapshots(run_dir / "latent" / run.name, run_meta(attrs, latent_cfg, run)):
+                models.append(latent_model(attrs, latent_cfg, state))
+                owners.append((i, epoch))
+        preds = rollout_many(models, z_true, t, eval_cfg.substeps)
+        selected = [None] * len(members)
+        points = [[] for _ in members]
+        for (i, epoch), pred in zip(owners, preds):
             e_sq, e_abs = trajectory_errors(pred[..., :n_obs], z_true[..., :n_obs])
-            per_seed_sq.append(float(np.mean(e_sq)))
-            per_seed_abs.append(float(np.mean(e_abs)))
-            runs.append({"loss": loss, "seed": seed, "train_frames": k, "equivalent_data": latent_cfg.equivalent_data,
-                         "e_sq": per_seed_sq[-1], "e_abs": per_seed_abs[-1]})
-            if seed == seeds[0]:
-                shown[f"{loss} (seed {seed})"] = pred[..., :n_obs]
-            curve_file = run_dir / "latent" / run_name(loss, seed) / "curve.csv"
+            if epoch is None:
+                selected[i] = (float(np.mean(e_sq)), float(np.mean(e_abs)), pred)
+            else:
+                points[i].append({"epoch": epoch, "e_sq": float(np.mean(e_sq)), "e_abs": float(np.mean(e_abs))})
+        seconds = []
+        for run, (e_sq, e_abs, pred), pts in zip(members, selected, points):
+            folder = run_dir / "latent" / run.name
+            done = json.loads((folder / "done.json").read_text()) if (folder / "done.json").exists() else {}
+            seconds.append(done.get("seconds"))
+            runs_out.append({"loss": loss, "equivalent_data": size, "seed": run.seed, "draw": run.draw,
+                             "train_frames": run.frames, "e_sq": e_sq, "e_abs": e_abs,
+                             "selected_epoch": done.get("best_epoch"), "seconds": done.get("seconds"),
+                             "code": done.get("code"), "snapshots": pts})
+            curve_file = folder / "curve.csv"
             if curve_file.exists():
                 with open(curve_file) as fh:
-                    curves[run_name(loss, seed)] = [{k_: float(v) for k_, v in row.items()} for row in csv.DictReader(fh)]
-        table[loss] = {"train_frames": k, "e_sq": summarise(per_seed_sq), "e_abs": summarise(per_seed_abs)}
+                    curves[run.name] = [{k_: float(v) for k_, v in row.items()} for row in csv.DictReader(fh)]
+        if loss not in {key.split(" ")[0] for key in shown}:  # one model per loss in the trajectory plot
+            shown[f"{loss} e{size} (seed {members[0].seed})"] = selected[0][2][..., :n_obs]
+        per_sq, per_abs = [e[0] for e in selected], [e[1] for e in selected]
+        rows.append({"loss": loss, "equivalent_data": size, "train_frames": members[0].frames,
+                     "p": float(attrs["p_eff"]) if loss == "lxp" else 1.0,
+                     "force_evaluations": force_evaluations(members[0], attrs, latent_cfg, n_val),
+                     "e_abs": summarise(per_abs), "e_sq": summarise(per_sq), "seconds": seconds,
+                     "curve": _curve([p for p in points if p])})
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     files = {"observables": plots / "observables.png", "loss_curves": plots / "loss_curves.png",
-             "errors": plots / "errors.png"}
+             "errors": plots / "errors.png", "error_curves": plots / "error_curves.png"}
     plot_observables(files["observables"], t, z_true[..., :n_obs], shown, names[:n_obs])
     plot_curves(files["loss_curves"], curves)
-    plot_errors(files["errors"], table)
+    plot_errors(files["errors"], rows)
+    plot_error_curves(files["error_curves"], rows)
     report = {"encoded": str(encoded), "test_trajectories": trajs, "frames": len(t), "substeps": eval_cfg.substeps,
-              "p_eff": float(attrs["p_eff"]), "equivalent_data": latent_cfg.equivalent_data, "model": latent_cfg.model,
-              "table": table, "runs": runs, "plots": {k: str(v) for k, v in files.items()}}
+              "p_eff": float(attrs["p_eff"]), "model": latent_cfg.model, "rows": rows, "runs": runs_out,
+              "plots": {k: str(v) for k, v in files.items()}}
     write_report(run_dir / "report.json", report)
     return report

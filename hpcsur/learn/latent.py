@@ -9,6 +9,15 @@ All models act on normalised coordinates (``LatentDynamics`` maps raw z to raw d
                   V(z) = 1/2 |P(z) + Gamma z|^2 + beta |z|^2 (bounded below), alpha = 0.1, beta = 0.1,
                   F an optional learned forcing. Without forcing
                   dV/dt = grad V . g = -grad V^T (M + alpha I) grad V <= 0: the potential cannot increase.
+* ``onsagernet_ref``  the reference code's Predator-Prey OnsagerNet, exactly (Chen & Li code, ``G``):
+                  g(z) = -(M(z) + W(z)) grad E(z) - alpha_ref grad E(z),  alpha_ref = 0.01,
+                  E(z) = beta |z|^2 + 1/2 |P(z) + Gamma z|^2 with P: d -> h1 -> h2 -> h2 (tanh) and
+                  Gamma: d -> h2 linear without bias; M = L L^T, W = U - U^T with L = tril(A),
+                  U = triu(A) from A = MW(z), MW: d -> 2 h1 -> 2 h2 -> d^2 (tanh; the reference's
+                  [32, 32] / [64, 64]); Xavier-uniform weights, torch's default biases, no forcing.
+                  It differs from ``onsagernet`` in alpha (0.01 vs 0.1), the potential's output width
+                  (h2 vs d), the wider matrix net, its initial scale (gain 1 vs 0.1) and the biases --
+                  differences that decide the L_x,p error at the paper's scale (see the README).
 * ``gfinn``       g(z) = L(z) grad E(z) + M(z) grad S(z)   (GENERIC; Zhang, Shin & Karniadakis)
                   with the degeneracy conditions L grad S = 0 and M grad E = 0 built in exactly:
                   L = P_S A P_S (A antisymmetric from a network, P_S = I - s s^T, s = grad S / |grad S|)
@@ -31,6 +40,7 @@ from hpcsur.errors import InputError
 from hpcsur.learn.nets import mlp
 
 ALPHA, BETA = 0.1, 0.1
+ALPHA_REF = 0.01
 
 
 def input_gradient(scalar_fn, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,6 +91,34 @@ class OnsagerNet(nn.Module):
         return out
 
 
+class ReferenceOnsagerNet(nn.Module):
+    """The reference code's Predator-Prey OnsagerNet (see the module docstring, ``onsagernet_ref``)."""
+
+    def __init__(self, d: int, hidden: list[int], activation: str = "tanh"):
+        super().__init__()
+        self.d = d
+        width = hidden[-1]
+        self.potential_net = mlp([d] + list(hidden) + [width], activation, zero_bias=False)
+        self.gamma = nn.Linear(d, width, bias=False)
+        nn.init.xavier_uniform_(self.gamma.weight)
+        self.matrix_net = mlp([d] + [2 * h for h in hidden] + [d * d], activation, zero_bias=False)
+
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """E(z) = beta |z|^2 + 1/2 |P(z) + Gamma z|^2."""
+        return BETA * (z * z).sum(-1) + 0.5 * ((self.potential_net(z) + self.gamma(z)) ** 2).sum(-1)
+
+    def operators(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, W) = (L L^T, U - U^T), L = tril(A), U = triu(A) (diagonal included in both)."""
+        a = self.matrix_net(z).reshape(*z.shape[:-1], self.d, self.d)
+        lower, upper = torch.tril(a), torch.triu(a)
+        return lower @ lower.transpose(-1, -2), upper - upper.transpose(-1, -2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        _, grad_e = input_gradient(self.potential, z)
+        m, w = self.operators(z)
+        return -((m + w) @ grad_e.unsqueeze(-1)).squeeze(-1) - ALPHA_REF * grad_e
+
+
 def _projector(g: torch.Tensor) -> torch.Tensor:
     """I - u u^T with u = g / |g| (the orthogonal projector onto the complement of g), per sample.
     (|g| is only kept away from 0; any larger floor would bias P g = 0 away from round-off.)"""
@@ -119,7 +157,7 @@ class GFINN(nn.Module):
         return (l_op @ grad_e.unsqueeze(-1) + m_op @ grad_s.unsqueeze(-1)).squeeze(-1)
 
 
-MODELS = {"mlp": MLPDynamics, "onsagernet": OnsagerNet, "gfinn": GFINN}
+MODELS = {"mlp": MLPDynamics, "onsagernet": OnsagerNet, "onsagernet_ref": ReferenceOnsagerNet, "gfinn": GFINN}
 
 
 @dataclass(frozen=True)
@@ -159,6 +197,48 @@ class LatentDynamics(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.t_std * self.net((z - self.z_mean) / self.z_std) + self.t_mean
+
+
+class StackedLinear(nn.Module):
+    """K linear layers applied at once: x (K, ..., in) -> (K, ..., out) with each model's weights."""
+
+    def __init__(self, layers: list[nn.Linear]):
+        super().__init__()
+        self.weight = nn.Parameter(torch.stack([lin.weight.detach() for lin in layers]).transpose(1, 2),
+                                   requires_grad=False)                                  # (K, in, out)
+        bias = [lin.bias.detach() if lin.bias is not None else torch.zeros_like(lin.weight[:, 0]) for lin in layers]
+        self.bias = nn.Parameter(torch.stack(bias), requires_grad=False)                 # (K, out)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        k = self.weight.shape[0]
+        flat = x.reshape(k, -1, x.shape[-1])
+        out = torch.baddbmm(self.bias.unsqueeze(1), flat, self.weight)
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+def stack_models(models: list[nn.Module]) -> nn.Module:
+    """One module that evaluates K models of one architecture at once on inputs (K, batch, d).
+
+    Every ``nn.Linear`` becomes a :class:`StackedLinear` and every buffer gets a model axis (K, 1,
+    ...), so the models' own forward code (activations, autograd gradients of potentials, triangular
+    parts, batched matrix products, which all broadcast over leading axes) runs unchanged for all K
+    in one pass: a rollout of K snapshots costs about one rollout, not K.
+    """
+    import copy
+
+    stacked = copy.deepcopy(models[0])
+    modules = [dict(m.named_modules()) for m in models]
+    for name, module in list(dict(stacked.named_modules()).items()):
+        if isinstance(module, nn.Linear):
+            parent_name, _, attr = name.rpartition(".")
+            parent = stacked.get_submodule(parent_name) if parent_name else stacked
+            setattr(parent, attr, StackedLinear([mods[name] for mods in modules]))
+    for name, _ in list(stacked.named_buffers()):
+        owner_name, _, attr = name.rpartition(".")
+        owner = stacked.get_submodule(owner_name) if owner_name else stacked
+        values = torch.stack([m.get_buffer(name) for m in models])
+        owner.register_buffer(attr, values.reshape(values.shape[0], 1, *values.shape[1:]))
+    return stacked
 
 
 def rk4_rollout(g, z0: torch.Tensor, dt: float, steps: int, every: int = 1) -> torch.Tensor:

@@ -27,10 +27,12 @@ def activation(name: str) -> nn.Module:
 
 
 def mlp(widths: list[int], act: str, last_activation: bool = False, gain: float = 1.0,
-        last_bias: bool = True) -> nn.Sequential:
+        last_bias: bool = True, zero_bias: bool = True) -> nn.Sequential:
     """``widths[0] -> ... -> widths[-1]`` with ``act`` between layers (and after the last one if
-    ``last_activation``). Weights Xavier-uniform with ``gain``, biases zero; ``last_bias=False``
-    drops the output bias (e.g. for a potential, whose constant never matters)."""
+    ``last_activation``). Weights Xavier-uniform with ``gain``; biases zero, or with
+    ``zero_bias=False`` torch's default U(-1/sqrt(fan_in), 1/sqrt(fan_in)) as the reference code
+    leaves them; ``last_bias=False`` drops the output bias (e.g. for a potential, whose constant
+    never matters)."""
     if len(widths) < 2 or any(w < 1 for w in widths):
         raise InputError(f"mlp widths must be >= 2 positive sizes, got {widths}")
     layers: list[nn.Module] = []
@@ -38,7 +40,7 @@ def mlp(widths: list[int], act: str, last_activation: bool = False, gain: float 
         last = i == len(widths) - 2
         linear = nn.Linear(a, b, bias=last_bias or not last)
         nn.init.xavier_uniform_(linear.weight, gain=gain)
-        if linear.bias is not None:
+        if linear.bias is not None and zero_bias:
             nn.init.zeros_(linear.bias)
         layers.append(linear)
         if not last or last_activation:

@@ -4,7 +4,7 @@ Run folder layout (``run_dir``)::
 
     autoencoder/  checkpoint.pt  best.pt  curve.csv  done.json  normalisation.npz
     encoded/      the encoded dataset (hpcsur.learn.encode)
-    latent/<loss>-s<seed>/  checkpoint.pt  best.pt  curve.csv  done.json
+    latent/<loss>-e<equivalent data>-s<seed>/  checkpoint.pt  best.pt  curve.csv  done.json  snapshots/
 
 Both stages stream from a store (:class:`hpcsur.learn.data.BatchStream`), average gradients over
 the backend's workers and resume from checkpoints (:func:`hpcsur.learn.train.fit`).
@@ -12,7 +12,7 @@ the backend's workers and resume from checkpoints (:func:`hpcsur.learn.train.fit
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +44,16 @@ class AutoencoderLoss(nn.Module):
 
 
 class LatentLoss(nn.Module):
-    """forward(batch) = (L_z | L_x | L_x,p without its theta-independent constant, parts) of
-    g = model(z) against the encoded arrays (the curves and the LR schedule see what g can reduce)."""
+    """forward(batch) = (L_z | L_x | L_x,p, parts) of g = model(z) against the encoded arrays; with
+    ``constant=False`` without the theta-independent residual r2 (same gradients; the curves and
+    a validation-loss schedule then see only what g can reduce)."""
 
-    def __init__(self, model: LatentDynamics, kind: str, p: float):
+    def __init__(self, model: LatentDynamics, kind: str, p: float, constant: bool = False):
         super().__init__()
-        self.model, self.kind, self.p = model, kind, p
+        self.model, self.kind, self.p, self.constant = model, kind, p, constant
 
     def forward(self, batch):
-        return batch_loss(self.kind, self.model(batch["z"]), batch, self.p, constant=False), {}
+        return batch_loss(self.kind, self.model(batch["z"]), batch, self.p, constant=self.constant), {}
 
 
 def use_threads(train: cfg.Train) -> None:
@@ -72,7 +73,7 @@ def autoencoder_shape(store_attrs: dict, ae: cfg.Autoencoder) -> AutoencoderShap
     if ae.latent_dim <= n_obs:
         raise InputError(f"[autoencoder] latent_dim = {ae.latent_dim} is out of range; allowed: latent_dim > "
                          f"{n_obs} (the observables plus at least one closure variable)")
-    return AutoencoderShape(n_state, n_obs, ae.latent_dim, tuple(ae.hidden), ae.activation)
+    return AutoencoderShape(n_state, n_obs, ae.latent_dim, tuple(ae.hidden), ae.activation, ae.recipe)
 
 
 def _normalisation(store: str, train_range, out_dir: Path, backend) -> dict:
@@ -110,16 +111,18 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     out = Path(run_dir) / "autoencoder"
     torch.manual_seed(ae.seed)
     model = build_autoencoder(dataset.attrs, ae)
-    stats = _normalisation(store, (g0, g1), out, backend)
-    model.set_normalisation(**stats)
+    if ae.recipe == "hpcsur":
+        model.set_normalisation(**_normalisation(store, (g0, g1), out, backend))
     meta = autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae)
     common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
     train_stream = BatchStream(store, ["x"], (g0, g1), ae.batch, **common)
     val_stream = BatchStream(store, ["x"], sp.frames("validation"), ae.batch, training=False, **common)
+    protocol = (dict(optimizer="adam", betas=(0.9, 0.95), schedule_on="none", select="last")
+                if ae.recipe == "reference" else dict(optimizer="adamw_amsgrad", schedule_on="val", select="val_loss"))
     config = FitConfig(epochs=ae.epochs, lr=scaled_lr(ae.lr, backend.size, train.lr_scaling),
                        weight_decay=ae.weight_decay, patience=max(2, ae.epochs // 5), factor=0.5,
-                       checkpoint_minutes=train.checkpoint_minutes, seed=ae.seed)
+                       checkpoint_minutes=train.checkpoint_minutes, seed=ae.seed, **protocol)
     log.info("train-ae: %d training frames (%s), %d validation, d = %d, %d worker(s) [%s], %s",
              g1 - g0, "streaming" if train_stream.streaming else "in memory",
              val_stream.n_frames, ae.latent_dim, backend.size, backend.name, out)
@@ -141,91 +144,150 @@ def latent_shape(latent: cfg.Latent, d: int) -> LatentShape:
     return LatentShape(latent.model, d, tuple(latent.hidden), latent.activation, latent.forcing)
 
 
-def latent_meta(shape: LatentShape, loss: str, seed: int, n_train: int, encoded_attrs: dict) -> dict:
+def latent_meta(shape: LatentShape, loss: str, seed: int, n_train: int, encoded_attrs: dict, draw: int = 0) -> dict:
     return {"kind": "latent", "shape": shape.to_dict(), "loss": loss, "seed": seed, "train_frames": n_train,
-            "autoencoder": encoded_attrs["autoencoder"]}
+            "draw": draw, "autoencoder": encoded_attrs["autoencoder"]}
 
 
-def training_frames(loss: str, latent: cfg.Latent, p_eff: float, available: int, where: str = "[latent]") -> int:
+def training_frames(loss: str, equivalent_data: int, p_eff: float, available: int, batch: int,
+                    where: str = "[latent]") -> int:
     """K: equivalent_data configurations for L_z / L_x, equivalent_data / p for L_x,p (equal force cost)."""
-    k = latent.equivalent_data if loss in ("lz", "lx") else int(round(latent.equivalent_data / p_eff))
+    k = equivalent_data if loss in ("lz", "lx") else int(round(equivalent_data / p_eff))
     if k > available:
-        raise InputError(f"{where} equivalent_data = {latent.equivalent_data} needs {k} training frames for "
+        raise InputError(f"{where} equivalent_data = {equivalent_data} needs {k} training frames for "
                          f"{loss} (p = {p_eff:.4g}), but only {available} exist; lower equivalent_data or "
                          "generate more trajectories")
-    if k < latent.batch:
-        raise InputError(f"{where} equivalent_data = {latent.equivalent_data} gives {k} training frames for "
-                         f"{loss}, fewer than batch = {latent.batch}")
+    if k < batch:
+        raise InputError(f"{where} equivalent_data = {equivalent_data} gives {k} training frames for "
+                         f"{loss}, fewer than batch = {batch}")
     return k
 
 
-def run_name(loss: str, seed: int) -> str:
-    return f"{loss}-s{seed}"
+@dataclass(frozen=True)
+class LatentRun:
+    """One latent model: its loss, equivalent-data size, seed, training frames K and index-set draw."""
+
+    loss: str
+    size: int
+    seed: int
+    frames: int
+    draw: int
+
+    @property
+    def name(self) -> str:
+        return run_name(self.loss, self.size, self.seed)
+
+
+def run_name(loss: str, size: int, seed: int) -> str:
+    return f"{loss}-e{size}-s{seed}"
+
+
+def latent_runs(latent: cfg.Latent, attrs: dict, available: int, losses=None, seeds=None, sizes=None) -> list[LatentRun]:
+    """Every (loss, size, seed) model of a spec, in training order (one-line error if one cannot be
+    trained from the data). Seed s trains on index-set draw s mod draws."""
+    p_eff, draws = float(attrs["p_eff"]), int(attrs.get("draws", 1))
+    return [LatentRun(loss, size, seed, training_frames(loss, size, p_eff, available, latent.batch),
+                      seed % draws if loss == "lxp" else 0)
+            for loss in (losses or latent.losses) for size in (sizes or latent.sizes)
+            for seed in (seeds if seeds is not None else latent.seeds)]
+
+
+def validation_scorer(encoded: str, split, substeps: int, n_obs: int):
+    """scorer(model) = mean over the validation trajectories of the observables' rollout error
+    (the reference code's non-squared metric); needs encoded states only, no forces."""
+    from hpcsur.learn.evaluate import rollout, trajectory_errors, trajectory_paths
+
+    t, z_true = trajectory_paths(encoded, list(split.trajectories("validation")))
+
+    def score(model) -> float:
+        pred = rollout(model, z_true, t, substeps)
+        return float(np.mean(trajectory_errors(pred[..., :n_obs], z_true[..., :n_obs])[1]))
+    return score
 
 
 def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Latent, train: cfg.Train, backend,
-                 losses=None, seeds=None, resume: bool = False, show_progress: bool = True) -> list[dict]:
-    """Train one latent model per (loss, seed); finished runs are skipped when resuming."""
+                 losses=None, seeds=None, resume: bool = False, show_progress: bool = True,
+                 substeps: int = 10, sizes=None) -> list[dict]:
+    """Train one latent model per (loss, size, seed); finished runs are skipped when resuming."""
     from hpcsur.learn.distributed import scaled_lr
 
     use_threads(train)
     dataset = open_dataset(encoded)
-    attrs = dataset.attrs
     sp = split_of(dataset, split.validation, split.test)
-    available = sp.frames("train")[1]
-    p_eff = float(attrs["p_eff"])
-    losses = list(losses or latent.losses)
-    seeds = list(seeds if seeds is not None else latent.seeds)
-    for loss in losses:
+    for loss in losses or latent.losses:
         missing = [a for a in LOSS_ARRAYS[loss] if a not in dataset.schema.arrays()]
         if missing:
             raise InputError(f"store {encoded}: loss {loss} needs array {missing[0]!r}, which this store lacks "
                              "(generate with [labels] full = true for lz / lx)")
-        training_frames(loss, latent, p_eff, available)
+    runs = latent_runs(latent, dataset.attrs, sp.frames("train")[1], losses, seeds, sizes)
+    scorer = (validation_scorer(encoded, sp, substeps, int(dataset.attrs["n_obs"]))
+              if latent.select == "val_rollout" else None)
     summaries = []
-    for loss in losses:
-        for seed in seeds:
-            out = Path(run_dir) / "latent" / run_name(loss, seed)
-            if resume and (out / DONE).exists():
-                log.info("train-latent %s: already finished", run_name(loss, seed))
-                continue
-            if not resume and (out / "checkpoint.pt").exists():
-                raise InputError(f"{out}: a training run exists; pass --resume to continue or finish it")
-            summaries.append(_train_one(dataset, encoded, out, sp, latent, train, backend, loss, seed,
-                                        training_frames(loss, latent, p_eff, available), p_eff,
-                                        scaled_lr(latent.lr, backend.size, train.lr_scaling), resume, show_progress))
+    for run in runs:
+        out = Path(run_dir) / "latent" / run.name
+        if resume and (out / DONE).exists():
+            log.info("train-latent %s: already finished", run.name)
+            continue
+        if not resume and (out / "checkpoint.pt").exists():
+            raise InputError(f"{out}: a training run exists; pass --resume to continue or finish it")
+        summaries.append(_train_one(dataset, encoded, out, sp, latent, train, backend, run, float(dataset.attrs["p_eff"]),
+                                    scaled_lr(latent.lr, backend.size, train.lr_scaling), resume, show_progress,
+                                    scorer))
     return summaries
 
 
-def latent_statistics(encoded: str, loss: str, frame_range) -> dict:
+def latent_statistics(encoded: str, loss: str, frame_range, draw: int = 0) -> dict:
     z_mean, z_std, _ = frame_moments(encoded, "z", frame_range)
-    t_mean, t_std, _ = frame_moments(encoded, TARGET_ARRAY[loss], frame_range)
+    t_mean, t_std, _ = frame_moments(encoded, TARGET_ARRAY[loss], frame_range, draw)
     return {"z_mean": z_mean, "z_std": safe_std(z_std), "t_mean": t_mean, "t_std": safe_std(t_std)}
 
 
-def _train_one(dataset, encoded, out, sp, latent, train, backend, loss, seed, k, p_eff, lr, resume, show_progress):
+PROTOCOL_SELECT = {"last": "last", "val_loss": "val_loss", "val_rollout": "score"}
+
+
+def _train_one(dataset, encoded, out, sp, latent, train, backend, run: LatentRun, p_eff, lr, resume, show_progress,
+               scorer):
     shape = latent_shape(latent, int(dataset.attrs["latent_dim"]))
-    torch.manual_seed(seed)
+    torch.manual_seed(run.seed)
     model = LatentDynamics(shape)
-    model.set_normalisation(**latent_statistics(encoded, loss, (0, k)))
-    names = ["z", *LOSS_ARRAYS[loss]]
-    common = dict(rank=backend.rank, size=backend.size, seed=seed, memory_mb=train.memory_mb,
-                  shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
-    train_stream = BatchStream(encoded, names, (0, k), latent.batch, **common)
-    val_stream = BatchStream(encoded, names, sp.frames("validation"), latent.batch, training=False, **common)
-    config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay, patience=latent.patience,
-                       factor=latent.factor, min_lr=latent.min_lr, checkpoint_minutes=train.checkpoint_minutes, seed=seed)
-    log.info("train-latent %s: %s on %d frames, %d worker(s) [%s]", run_name(loss, seed), latent.model, k,
-             backend.size, backend.name)
-    return fit(LatentLoss(model, loss, p_eff), train_stream, val_stream, backend, out, config,
-               latent_meta(shape, loss, seed, k, dataset.attrs), resume=resume,
-               label=f"train-latent {run_name(loss, seed)}", show_progress=show_progress)
+    model.set_normalisation(**latent_statistics(encoded, run.loss, (0, run.frames), run.draw))
+    names = ["z", *LOSS_ARRAYS[run.loss]]
+    common = dict(rank=backend.rank, size=backend.size, seed=run.seed, memory_mb=train.memory_mb,
+                  shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers,
+                  draw=run.draw)
+    train_stream = BatchStream(encoded, names, (0, run.frames), latent.batch, **common)
+    config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay,
+                       patience=latent.patience_for(run.loss),
+                       factor=latent.factor, min_lr=latent.min_lr, checkpoint_minutes=train.checkpoint_minutes,
+                       seed=run.seed, schedule_on=latent.schedule_on, select=PROTOCOL_SELECT[latent.select],
+                       score_every=latent.select_every, snapshot_every=latent.snapshot_every)
+    val_stream = (BatchStream(encoded, names, sp.frames("validation"), latent.batch, training=False, **common)
+                  if config.needs_validation_loss else None)
+    log.info("train-latent %s: %s on %d frames (draw %d), %d worker(s) [%s], schedule on %s, select %s", run.name,
+             latent.model, run.frames, run.draw, backend.size, backend.name, latent.schedule_on, latent.select)
+    # The reference code's plateau scheduler watches the training loss with its constant part (the
+    # residual r2 of L_x / L_x,p); with schedule_on = "val" the curves and the scheduler see only
+    # the part of the loss the model can reduce.
+    loss_module = LatentLoss(model, run.loss, p_eff, constant=latent.schedule_on == "train")
+    return fit(loss_module, train_stream, val_stream, backend, out, config,
+               latent_meta(shape, run.loss, run.seed, run.frames, dataset.attrs, run.draw), resume=resume,
+               label=f"train-latent {run.name}", show_progress=show_progress, scorer=scorer,
+               model_of=lambda m: m.model)
 
 
-def load_latent(encoded_attrs: dict, run_dir: Path, latent: cfg.Latent, loss: str, seed: int, k: int) -> LatentDynamics:
-    shape = latent_shape(latent, int(encoded_attrs["latent_dim"]))
-    model = LatentDynamics(shape)
-    state = load_best(Path(run_dir) / "latent" / run_name(loss, seed),
-                      latent_meta(shape, loss, seed, k, encoded_attrs))
+def latent_model(encoded_attrs: dict, latent: cfg.Latent, state: dict) -> LatentDynamics:
+    """A latent model with the parameters of ``state`` (a LatentLoss or LatentDynamics state dict)."""
+    model = LatentDynamics(latent_shape(latent, int(encoded_attrs["latent_dim"])))
     model.load_state_dict({k_.removeprefix("model."): v for k_, v in state.items()})
     return model.eval()
+
+
+def run_meta(encoded_attrs: dict, latent: cfg.Latent, run: LatentRun) -> dict:
+    return latent_meta(latent_shape(latent, int(encoded_attrs["latent_dim"])), run.loss, run.seed, run.frames,
+                       encoded_attrs, run.draw)
+
+
+def load_latent(encoded_attrs: dict, run_dir: Path, latent: cfg.Latent, run: LatentRun) -> LatentDynamics:
+    """The selected model of a finished run."""
+    state = load_best(Path(run_dir) / "latent" / run.name, run_meta(encoded_attrs, latent, run))
+    return latent_model(encoded_attrs, latent, state)

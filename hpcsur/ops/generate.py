@@ -85,7 +85,7 @@ def make_plan(spec: JobSpec, system, size: int) -> Plan:
     frames = spec.simulation.frames_per_trajectory
     layout = system.layout
     k = n_chosen(spec.labels.p, layout.n_blocks)
-    bytes_per_frame = 8 * (layout.size * (2 if spec.labels.full else 1) + k * (layout.block_size + 1))
+    bytes_per_frame = 8 * (layout.size * (2 if spec.labels.full else 1) + spec.labels.draws * k * (layout.block_size + 1))
     if spec.store.frames_per_shard is not None:
         fps = spec.store.frames_per_shard
         if frames % fps:
@@ -103,7 +103,7 @@ def dataset_attrs(spec: JobSpec, system, plan: Plan) -> dict:
         "hpcsur_version": __version__, "job": spec.name, "data_hash": spec.data_hash(),
         "resolved_spec": dump_job(spec), "system": spec.kind, "params": spec.to_dict()["system"],
         "layout": {"block_size": layout.block_size, "n_blocks": layout.n_blocks, "fields": list(layout.fields)},
-        "observables": list(system.observable_names), "p": spec.labels.p, "k": plan.k,
+        "observables": list(system.observable_names), "p": spec.labels.p, "k": plan.k, "draws": spec.labels.draws,
         "seed": spec.simulation.seed, "dt": spec.simulation.dt, "save_every": spec.simulation.save_every,
         "steps": spec.simulation.steps, "integrator": spec.integrator,
         "n_traj": spec.simulation.trajectories, "frames_per_traj": plan.frames_per_traj,
@@ -134,7 +134,8 @@ def prepare_store(spec: JobSpec, system, plan: Plan, comm, resume: bool):
         n_state=system.layout.size, k=plan.k, m=system.layout.block_size,
         n_obs=len(system.observable_names), full_labels=spec.labels.full,
         frames_per_shard=plan.frames_per_shard,
-        chunk_frames=zstore.choose_chunk_frames(plan.frames_per_shard, 8 * system.layout.size))
+        chunk_frames=zstore.choose_chunk_frames(plan.frames_per_shard, 8 * system.layout.size),
+        draws=spec.labels.draws)
 
     def create_or_open():
         lock = zstore.acquire_lock(path)
@@ -178,7 +179,8 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
     sim = spec.simulation
     my_trajs = range(group_id, sim.trajectories, plan.n_groups)
     total_frames = sim.trajectories * plan.frames_per_traj
-    progress = Progress(total_frames, unit="frames", rates={"labels": plan.k}, label=f"generate {spec.name}",
+    progress = Progress(total_frames, unit="frames", rates={"labels": plan.k * spec.labels.draws},
+                        label=f"generate {spec.name}",
                         enabled=show_progress and rank == 0)
     progress.update(len(done) * plan.frames_per_shard)
     log.info("%s: %d trajectories x %d frames, |I| = %d of %d blocks, rank grid %s x %d groups, "
@@ -238,14 +240,15 @@ def _simulate_shard(spec, system, domain, plan: Plan, traj: int, j: int, writer:
     for f in range(j * S, (j + 1) * S):
         if f > 0:  # frame 0 is the initial state; frame f is save_every steps after frame f - 1
             domain.advance(sim.save_every)
-        idx = index_set(sim.seed, traj, f, system.layout.n_blocks, plan.k)
-        lab = domain.labels(idx, root=writer)
+        idx = np.stack([index_set(sim.seed, traj, f, system.layout.n_blocks, plan.k, draw)
+                        for draw in range(spec.labels.draws)])
+        labs = [domain.labels(i, root=writer) for i in idx]   # collective: every rank of the group calls it
         full = domain.labels(all_blocks, root=writer) if spec.labels.full else None
         x = domain.gather(root=writer)
         if keep:
             xs.append(x)
             idxs.append(idx)
-            labels.append(lab)
+            labels.append(np.stack(labs))
             if full is not None:
                 fulls.append(_flatten(system, full))
     if not keep:

@@ -175,6 +175,8 @@ class Simulation:
 class Labels:
     p: float = field(gt=0.0, le=1.0, doc="fraction of blocks whose forces are computed")
     full: bool = field(False, doc="also store the forces on all blocks (L_z / L_x baselines)")
+    draws: int = field(1, ge=1, le=64, doc="independent index sets per frame; latent seed s trains on draw s mod draws "
+                                           "(the labelling cost grows with draws x |I|, never with N)")
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ class Parallel:
 class Output:
     dir: str = field("", doc="run folder (spec, checkpoints, encoded store, report, plots); "
                              "default runs/<job name>")
+    results: str = field("results", doc="folder of the results claim <job name>.json the evaluate stage writes")
 
 
 _DASHBOARD = re.compile(r"^(127\.0\.0\.1|localhost):(\d{1,5})$")
@@ -433,6 +436,10 @@ class JobSpec:
             **{name: to_table(getattr(self, name)) for name in OPTIONAL_SECTIONS
                if getattr(self, name) is not None},
         }
+
+    def spec_hash(self) -> str:
+        """A hash of the whole resolved spec (every table, defaults filled in)."""
+        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
 
     def data_hash(self) -> str:
         """A hash of everything that determines the generated data (not the store path)."""

@@ -41,8 +41,8 @@ def _complete_store(path: str) -> bool:
 def _latent_done_files(spec: JobSpec) -> list[Path]:
     from hpcsur.learn.stages import run_name
 
-    return [Path(spec.run_dir) / "latent" / run_name(loss, seed) / "done.json"
-            for loss in spec.latent.losses for seed in spec.latent.seeds]
+    return [Path(spec.run_dir) / "latent" / run_name(loss, size, seed) / "done.json"
+            for loss in spec.latent.losses for size in spec.latent.sizes for seed in spec.latent.seeds]
 
 
 def stage_done(spec: JobSpec, stage: str) -> bool:
@@ -116,5 +116,8 @@ def _print_report(spec: JobSpec) -> None:
     report = json.loads((Path(spec.run_dir) / "report.json").read_text())
     print(format_table(report))
     print(f"report: {Path(spec.run_dir) / 'report.json'}")
+    results = Path(spec.output.results) / f"{spec.name}.json"
+    if results.exists():
+        print(f"results: {results}")
     for name, path in report["plots"].items():
         print(f"plot ({name}): {path}")

@@ -76,7 +76,7 @@ def encode(spec: JobSpec, comm, resume: bool = False, progress: bool = True) -> 
 
 
 def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, backend: str | None = None,
-                 progress: bool = True) -> list[dict]:
+                 progress: bool = True, sizes=None) -> list[dict]:
     from hpcsur import store
     from hpcsur.learn.stages import train_latent as fit_latent
 
@@ -87,32 +87,45 @@ def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, b
     try:
         save_resolved_spec(spec, b.rank)
         return fit_latent(encoded_path(spec), Path(spec.run_dir), spec.split, latent, spec.train, b,
-                          losses=losses, seeds=seeds, resume=resume, show_progress=progress)
+                          losses=losses, seeds=seeds, resume=resume, show_progress=progress,
+                          substeps=spec.evaluate.substeps, sizes=sizes)
     finally:
         b.shutdown()
 
 
 def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
+    """Score every trained model; write report.json, the plots and the results claim (only for a
+    complete evaluation: all losses, sizes and seeds of the spec)."""
+    import os
+
+    import torch
+
     from hpcsur import store
     from hpcsur.learn.evaluate import evaluate_run
-    from hpcsur.learn.stages import use_threads
+    from hpcsur.ops.results import write_results
 
     latent = spec.require("latent", "evaluate")
-    use_threads(spec.train)
+    spec.require("autoencoder", "evaluate")
+    torch.set_num_threads(max(spec.train.threads, len(os.sched_getaffinity(0))))  # one process: every core it has
     if not store.exists(encoded_path(spec)):
         raise InputError(f"store {encoded_path(spec)}: does not exist; run `hpcsur encode` first")
     save_resolved_spec(spec)
-    return evaluate_run(encoded_path(spec), Path(spec.run_dir), spec.split, latent, spec.evaluate,
-                        losses=losses, seeds=seeds)
+    report = evaluate_run(encoded_path(spec), Path(spec.run_dir), spec.split, latent, spec.evaluate,
+                          losses=losses, seeds=seeds)
+    if losses is None and seeds is None:
+        report["results"] = str(write_results(spec, report))
+    return report
 
 
 def format_table(report: dict) -> str:
-    """The errors of a report as a small text table (mean ± sample std over seeds)."""
-    lines = [f"{'loss':<6} {'train frames':>12} {'e (Eq. 43, squared)':>24} {'e (code, non-squared)':>24}  seeds",
-             "-" * 80]
-    for loss, row in report["table"].items():
+    """The errors of a report as a small text table (mean ± sample std over seeds) with the force
+    evaluations each model was trained (and validated) on."""
+    lines = [f"{'loss':<6} {'equiv.':>7} {'frames':>7} {'force evals':>12} {'e (code, non-squared)':>24} "
+             f"{'e (Eq. 43, squared)':>24}  seeds", "-" * 96]
+    for row in report["rows"]:
         sq, ab = row["e_sq"], row["e_abs"]
-        lines.append(f"{loss:<6} {row['train_frames']:>12} {_pm(sq):>24} {_pm(ab):>24}  {len(sq['values'])}")
+        lines.append(f"{row['loss']:<6} {row['equivalent_data']:>7} {row['train_frames']:>7} "
+                     f"{row['force_evaluations']['total']:>12,} {_pm(ab):>24} {_pm(sq):>24}  {len(sq['values'])}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,7 @@
 """Rank-invariant random streams: every random draw is a pure function of (seed, trajectory, frame).
 
 A counter-based generator (Philox-4x64) is keyed by the job seed and started at a counter made of
-the trajectory, the frame and a purpose tag. Whatever the number of ranks, workers or restarts,
+the trajectory, the frame, a purpose tag and a draw number (independent index sets of one frame). Whatever the number of ranks, workers or restarts,
 the same (seed, trajectory, frame, purpose) gives the same numbers, so index sets and initial
 conditions never depend on how the work was split.
 """
@@ -15,10 +15,10 @@ PURPOSE_INITIAL = 2
 PURPOSE_VELOCITIES = 3
 
 
-def stream(seed: int, trajectory: int, frame: int = 0, purpose: int = 0) -> np.random.Generator:
-    """A generator whose output depends only on its four arguments."""
+def stream(seed: int, trajectory: int, frame: int = 0, purpose: int = 0, draw: int = 0) -> np.random.Generator:
+    """A generator whose output depends only on its five arguments."""
     bit_gen = np.random.Philox(key=np.uint64(seed), counter=np.array(
-        [np.uint64(trajectory), np.uint64(frame), np.uint64(purpose), np.uint64(0)], dtype=np.uint64))
+        [np.uint64(trajectory), np.uint64(frame), np.uint64(purpose), np.uint64(draw)], dtype=np.uint64))
     return np.random.Generator(bit_gen)
 
 
@@ -27,8 +27,9 @@ def n_chosen(p: float, n_blocks: int) -> int:
     return max(1, min(n_blocks, int(round(p * n_blocks))))
 
 
-def index_set(seed: int, trajectory: int, frame: int, n_blocks: int, k: int) -> np.ndarray:
-    """I: ``k`` distinct block indices out of ``n_blocks``, sorted, keyed by (seed, trajectory, frame).
+def index_set(seed: int, trajectory: int, frame: int, n_blocks: int, k: int, draw: int = 0) -> np.ndarray:
+    """I: ``k`` distinct block indices out of ``n_blocks``, sorted, keyed by (seed, trajectory, frame,
+    draw); different draws of one frame are independent.
 
     Drawn without replacement (the reference code's PDE runs drew with replacement; the paper's
     estimator assumes exactly p n distinct blocks). Floyd's algorithm needs O(k) memory and time,
@@ -36,7 +37,7 @@ def index_set(seed: int, trajectory: int, frame: int, n_blocks: int, k: int) -> 
     """
     if not 1 <= k <= n_blocks:
         raise ValueError(f"k must be in [1, {n_blocks}], got {k}")
-    rng = stream(seed, trajectory, frame, PURPOSE_INDEX_SET)
+    rng = stream(seed, trajectory, frame, PURPOSE_INDEX_SET, draw)
     if 2 * k > n_blocks:  # dense: a partial shuffle is cheaper and just as rank-invariant
         return np.sort(rng.permutation(n_blocks)[:k]).astype(np.int64)
     chosen: set[int] = set()

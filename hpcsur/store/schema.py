@@ -56,6 +56,10 @@ class DatasetSchema:
     blocks per frame, ``m`` the block size (so f_I is (k, m)), ``n_obs`` the length of the
     observable phi*. ``full_labels`` adds the (frames, N) ``f_full`` array.
 
+    ``draws`` is the number of independent index sets I per frame (``[labels] draws``): the
+    partial labels and everything derived from them carry a draw axis of that length right after
+    the frame axis, so several latent models can each train on their own draw.
+
     ``content`` says what a frame holds: ``"trajectories"`` (the generator's microscopic frames)
     or ``"encoded"`` (what the latent losses need per frame, with ``latent_dim`` = d; see
     :func:`array_specs`). Both share the frame axis and shard geometry, so shard ``s`` of an
@@ -73,6 +77,7 @@ class DatasetSchema:
     chunk_frames: int
     content: str = "trajectories"
     latent_dim: int = 0
+    draws: int = 1
 
     def __post_init__(self) -> None:
         if self.content not in CONTENTS:
@@ -119,6 +124,10 @@ class DatasetSchema:
         """Every array of the dataset, in a fixed order (the order verify reports problems in)."""
         return array_specs(self)
 
+    def draw_arrays(self) -> tuple[str, ...]:
+        """The arrays with a draw axis (axis 1): the partial labels and what is derived from them."""
+        return ENCODED_DRAW_ARRAYS if self.content == "encoded" else DRAW_ARRAYS
+
     @property
     def bytes_per_frame(self) -> int:
         """Uncompressed bytes of one frame summed over all arrays."""
@@ -152,22 +161,28 @@ class DatasetSchema:
         return replace(self, content="encoded", latent_dim=latent_dim)
 
 
+DRAW_ARRAYS = ("idx", "f_partial")
+ENCODED_DRAW_ARRAYS = ("lxp_R", "lxp_y", "lxp_r2", "jf_est")
+
+
 def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
     """The arrays of a dataset with their full shapes.
 
-    Trajectories: ``x, t, step, traj, idx, f_partial, phi`` (+ ``f_full`` when ``full_labels``).
+    Trajectories: ``x, t, step, traj, idx, f_partial, phi`` (+ ``f_full`` when ``full_labels``);
+    ``idx`` is (D, k) and ``f_partial`` (D, k, m) per frame for D = ``draws``.
 
-    Encoded (d = ``latent_dim``; see :mod:`hpcsur.learn.encode` for the derivation): ``t, traj``,
+    Encoded (d = ``latent_dim``; the partial-label arrays ``lxp_*`` and ``jf_est`` per draw; see
+    :mod:`hpcsur.learn.encode` for the derivation): ``t, traj``,
     the latent state ``z`` (d), and for each loss a least-squares triple ``(R, y, r2)`` with
     ``||f_I - (J+)_I g||^2 = ||y - R g||^2 + r2`` for every g: ``lxp_R`` (d, d), ``lxp_y`` (d),
     ``lxp_r2`` from the partial labels, plus ``jf_est`` (d) = (n/k) J_I f_I, an unbiased estimate of
     J f. With ``full_labels`` also ``jf`` (d) = J f for L_z and ``lx_R, lx_y, lx_r2`` for L_x.
     """
-    n = schema.n_frames
+    n, D = schema.n_frames, schema.draws
     if schema.content == "encoded":
         d = schema.latent_dim
-        names = [("t", ()), ("traj", ()), ("z", (d,)), ("lxp_R", (d, d)), ("lxp_y", (d,)), ("lxp_r2", ()),
-                 ("jf_est", (d,))]
+        names = [("t", ()), ("traj", ()), ("z", (d,)), ("lxp_R", (D, d, d)), ("lxp_y", (D, d)), ("lxp_r2", (D,)),
+                 ("jf_est", (D, d))]
         if schema.full_labels:
             names += [("jf", (d,)), ("lx_R", (d, d)), ("lx_y", (d,)), ("lx_r2", ())]
         return {name: ArraySpec(name, (n, *shape), "int32" if name == "traj" else "float64",
@@ -177,8 +192,8 @@ def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
         ArraySpec("t", (n,), "float64", FLOAT_FILL),
         ArraySpec("step", (n,), "int64", INT_FILL),
         ArraySpec("traj", (n,), "int32", INT_FILL),
-        ArraySpec("idx", (n, schema.k), "int64", INT_FILL),
-        ArraySpec("f_partial", (n, schema.k, schema.m), "float64", FLOAT_FILL),
+        ArraySpec("idx", (n, D, schema.k), "int64", INT_FILL),
+        ArraySpec("f_partial", (n, D, schema.k, schema.m), "float64", FLOAT_FILL),
         ArraySpec("phi", (n, schema.n_obs), "float64", FLOAT_FILL),
     ]
     if schema.full_labels:
@@ -226,17 +241,17 @@ def choose_chunk_frames(frames_per_shard: int, bytes_per_frame: int,
 def make_schema(n_traj: int, frames_per_traj: int, n_state: int, k: int, m: int, n_obs: int,
                 full_labels: bool = False, *,
                 target_shard_bytes: int = DEFAULT_TARGET_SHARD_BYTES,
-                min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES) -> DatasetSchema:
+                min_chunk_bytes: int = DEFAULT_MIN_CHUNK_BYTES, draws: int = 1) -> DatasetSchema:
     """A schema with shard and chunk sizes chosen from the per-frame size of the largest array.
 
     Sizing uses the largest array (normally ``x`` or ``f_full``) because it dominates the bytes and
     every array shares the same frame split.
     """
-    probe = DatasetSchema(n_traj, frames_per_traj, n_state, k, m, n_obs, full_labels, 1, 1)
+    probe = DatasetSchema(n_traj, frames_per_traj, n_state, k, m, n_obs, full_labels, 1, 1, draws=draws)
     bpf = max(a.bytes_per_frame for a in probe.arrays().values())
     s = choose_frames_per_shard(frames_per_traj, bpf, target_shard_bytes)
     c = choose_chunk_frames(s, bpf, min_chunk_bytes)
-    return DatasetSchema(n_traj, frames_per_traj, n_state, k, m, n_obs, full_labels, s, c)
+    return DatasetSchema(n_traj, frames_per_traj, n_state, k, m, n_obs, full_labels, s, c, draws=draws)
 
 
 def shard_owner(s: int, size: int) -> int:

@@ -275,8 +275,8 @@ def synthetic_shard(schema: DatasetSchema, s: int, seed: int = 0) -> dict[str, n
         "step": g % schema.frames_per_traj,
         "traj": np.full(S, schema.shard_traj(s), dtype=np.int32),
         "idx": np.sort(np.stack([rng.choice(max(schema.k, 2 * schema.k), schema.k, replace=False)
-                                 for _ in range(S)]), axis=1),
-        "f_partial": rng.standard_normal((S, schema.k, schema.m)),
+                                 for _ in range(S * schema.draws)]), axis=1).reshape(S, schema.draws, schema.k),
+        "f_partial": rng.standard_normal((S, schema.draws, schema.k, schema.m)),
         "phi": rng.standard_normal((S, schema.n_obs)),
     }
     if schema.full_labels:

@@ -15,15 +15,16 @@ from hpcsur.systems.base import Layout
 
 def test_encode_block_matches_explicit_pseudo_inverses():
     torch.manual_seed(0)
-    n_cells, k = 6, 2
+    n_cells, k, draws = 6, 2, 2
     layout = Layout(2, n_cells, ("u", "v"))                 # PP layout: u then v, a block = (u_i, v_i)
     ae = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), predator_prey_means(n_cells)).double()
     rng = np.random.default_rng(1)
     x = rng.uniform(0.2, 0.8, size=(5, 12))
     f_full = rng.standard_normal((5, 12))
-    idx = np.sort(np.stack([rng.choice(n_cells, k, replace=False) for _ in range(5)]), axis=1)
-    f_partial = np.stack([f_full[i][layout.coordinates(idx[i])] for i in range(5)])
+    idx = np.sort(np.stack([[rng.choice(n_cells, k, replace=False) for _ in range(draws)] for _ in range(5)]), axis=2)
+    f_partial = np.stack([[f_full[i][layout.coordinates(idx[i, a])] for a in range(draws)] for i in range(5)])
     out = encode_block(ae, layout, x, idx, f_partial, f_full)
+    assert out["lxp_R"].shape == (5, draws, 4, 4) and out["jf_est"].shape == (5, draws, 4)
     xt = torch.from_numpy(x)
     j = ae.jacobian(xt).detach()
     pinv = torch.linalg.pinv(j).numpy()
@@ -31,15 +32,17 @@ def test_encode_block_matches_explicit_pseudo_inverses():
     assert np.allclose(out["z"], ae.encode(xt).detach().numpy(), atol=1e-14)
     assert np.allclose(out["jf"], np.einsum("fdn,fn->fd", j.numpy(), f_full), atol=1e-12)
     for i in range(5):
-        cols = layout.coordinates(idx[i]).reshape(-1)
-        lxp = np.sum((f_full[i][cols] - pinv[i][cols] @ g[i]) ** 2)
         lx = np.sum((f_full[i] - pinv[i] @ g[i]) ** 2)
-        res = out["lxp_y"][i] - out["lxp_R"][i] @ g[i]
-        assert np.isclose(res @ res + out["lxp_r2"][i], lxp, rtol=1e-9)
         res = out["lx_y"][i] - out["lx_R"][i] @ g[i]
         assert np.isclose(res @ res + out["lx_r2"][i], lx, rtol=1e-9)
-        j_i = j.numpy()[i][:, cols]
-        assert np.allclose(out["jf_est"][i], (n_cells / k) * j_i @ f_full[i][cols], atol=1e-12)
+        for a in range(draws):  # every draw against its own index set
+            cols = layout.coordinates(idx[i, a]).reshape(-1)
+            lxp = np.sum((f_full[i][cols] - pinv[i][cols] @ g[i]) ** 2)
+            res = out["lxp_y"][i, a] - out["lxp_R"][i, a] @ g[i]
+            assert np.isclose(res @ res + out["lxp_r2"][i, a], lxp, rtol=1e-9)
+            j_i = j.numpy()[i][:, cols]
+            assert np.allclose(out["jf_est"][i, a], (n_cells / k) * j_i @ f_full[i][cols], atol=1e-12)
+    assert not np.allclose(out["lxp_y"][:, 0], out["lxp_y"][:, 1])
 
 
 @pytest.mark.mpi

@@ -146,7 +146,7 @@ def test_checkpoint_from_another_model_is_one_clear_line(pp_store, tmp_path):
     assert enc.returncode == 0, enc.stderr
     first = run_cli("train-latent", str(job), "--loss", "lxp", "--backend", "none", "--no-progress")
     assert first.returncode == 0, first.stderr
-    (run / "latent" / "lxp-s1" / "done.json").unlink()          # pretend it was interrupted
+    (run / "latent" / "lxp-e60-s1" / "done.json").unlink()          # pretend it was interrupted
     other = write_job(tmp_path, "a", store, run, hidden=12)     # same run folder, another architecture
     res = run_cli("train-latent", str(other), "--loss", "lxp", "--backend", "none", "--resume", "--no-progress")
     assert res.returncode == 2

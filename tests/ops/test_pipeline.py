@@ -25,6 +25,7 @@ full = true
 path = "{root}/store"
 [output]
 dir = "{root}/run"
+results = "{root}/results"
 [split]
 validation = 1
 test = 2
@@ -56,8 +57,14 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
         assert f"[run] {stage}: exit 0" in first.stdout
     run = tmp_path / "run"
     report = json.loads((run / "report.json").read_text())
-    assert set(report["table"]) == {"lz", "lx", "lxp"}
-    assert report["table"]["lz"]["train_frames"] == 60 and report["table"]["lxp"]["train_frames"] == 240
+    rows = {r["loss"]: r for r in report["rows"]}
+    assert set(rows) == {"lz", "lx", "lxp"}
+    assert rows["lz"]["train_frames"] == 60 and rows["lxp"]["train_frames"] == 240
+    # the ledger: L_z / L_x label all 40 coordinates of a frame, L_x,p 2 of 10 cells x 2 fields; the default
+    # protocol (validation-loss schedule and selection) also spends the forces of the 1 x 30 validation frames
+    assert rows["lz"]["force_evaluations"] == {"per_frame": 40, "train_frames": 60, "train": 2400,
+                                               "validation_frames": 30, "validation": 1200, "total": 3600}
+    assert rows["lxp"]["force_evaluations"]["train"] == 240 * 4 and rows["lxp"]["force_evaluations"]["validation"] == 30 * 4
     for row in report["runs"]:
         assert row["e_sq"] is not None and 0 < row["e_sq"] < 10
     assert len(report["runs"]) == 6
@@ -65,12 +72,16 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[latent]" in (run / "spec.toml").read_text()
     assert "e (Eq. 43, squared)" in first.stdout
+    results = json.loads((tmp_path / "results" / "tiny.json").read_text())
+    assert results["protocol"]["select"] == "val_loss" and results["protocol"]["epochs"] == 3
+    assert [r["e_abs"] for r in results["rows"]] == [r["e_abs"] for r in report["rows"]]
+    assert results["code"]["commit"] is None or len(results["code"]["commit"]) == 40
 
     again = subprocess.run([HPCSUR, "run", str(job)], capture_output=True, text=True, timeout=300)
     assert again.returncode == 0, again.stderr
     for stage in ("generate", "train-ae", "encode", "train-latent", "evaluate"):
         assert f"[run] {stage}: complete, skipped" in again.stdout
-    assert json.loads((run / "report.json").read_text())["table"] == report["table"]
+    assert json.loads((run / "report.json").read_text())["rows"] == report["rows"]
 
 
 def test_run_rejects_an_unknown_stage(tmp_path):
