@@ -4,7 +4,11 @@ trajectories (and of every saved snapshot, for error-vs-epoch curves); writes ``
 
 
 def add_arguments(parser):
+    from hpcsur.learn.config import LOSSES
+
     parser.add_argument("job", help="job spec (TOML) with a [latent] table")
+    parser.add_argument("--loss", choices=LOSSES, action="append",
+                        help="score only this loss (repeatable; no results file is written for a partial evaluation)")
     parser.add_argument("--resume", action="store_true", help="accepted for symmetry with the other stages")
 
 
@@ -12,8 +16,14 @@ def run(args):
     from hpcsur.ops import stages
     from hpcsur.ops.jobspec import load_job
 
+    from hpcsur.errors import InputError
+
     spec = load_job(args.job)
-    report = stages.evaluate(spec)
+    latent = spec.require("latent", "evaluate")
+    for loss in args.loss or []:
+        if loss not in latent.losses:
+            raise InputError(f"--loss {loss}: not in [latent] losses = {latent.losses}")
+    report = stages.evaluate(spec, losses=args.loss)
     print(stages.format_table(report))
     print(f"report: {report['plots']['observables'].rsplit('/plots/', 1)[0]}/report.json")
     if "results" in report:

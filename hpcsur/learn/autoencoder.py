@@ -16,7 +16,13 @@ biases keep torch's default initialisation. The loss is
     L_cond = mean over frames of (kappa(J J^T) - 1)^2,   J = d phi / d x in R^{d x N}
 
 where kappa = lambda_max / lambda_min of the symmetric positive (semi-)definite d x d matrix J J^T,
-taken from ``eigvalsh`` (no SVD of J). Theorem 1 of the paper bounds L_z between b1 (L_x + C)
+taken from ``eigvalsh`` (no SVD of J). Optionally (``lambda_coherence > 0``) a penalty on how
+unevenly the coordinates share J's row space,
+
+    L_coh = mean over frames of  (N / d^2) sum_c l_c^2 - 1  >= 0,   l_c = J_c^T (J J^T)^{-1} J_c,
+
+zero exactly when every coordinate has the leverage d/N: uniform partial labels then sample the
+latent tangent space evenly (see :func:`hpcsur.learn.losses.leverage_scores`). Theorem 1 of the paper bounds L_z between b1 (L_x + C)
 and b2 (L_x + C) with [b1, b2] the spectrum of J J^T, which is why kappa -> 1 helps. With
 ``cond_rows = "closure"`` only the closure rows of J enter kappa (the reference does this for LJ).
 """
@@ -28,6 +34,7 @@ import torch
 from torch import nn
 from torch.func import jacrev, vmap
 
+from hpcsur.learn.losses import leverage_scores
 from hpcsur.learn.nets import mlp
 from hpcsur.learn.observables import Observable
 
@@ -99,18 +106,27 @@ def condition_number(j: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
     return lam[..., -1] / lam[..., 0].clamp_min(eps)
 
 
+def coherence_penalty(j: torch.Tensor) -> torch.Tensor:
+    """(N / d^2) sum_c l_c^2 - 1 per frame (0 for uniform leverage, at most N/d - 1)."""
+    d, n = j.shape[-2:]
+    lev = leverage_scores(j)
+    return (n / d ** 2) * (lev * lev).sum(-1) - 1.0
+
+
 def autoencoder_loss(model: ClosureAutoencoder, x: torch.Tensor, lambda_cond: float,
-                     cond_rows: str = "all") -> tuple[torch.Tensor, dict[str, float]]:
-    """L_AE = L_rec + lambda_cond L_cond on a batch; also returns the parts for logging."""
+                     cond_rows: str = "all", lambda_coherence: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_AE = L_rec + lambda_cond L_cond (+ lambda_coherence L_coh) on a batch; also returns the parts."""
     z = model.encode(x)
     rec = (((x - model.decode(z)) / model.x_std) ** 2).mean()
-    if lambda_cond > 0:
+    loss, parts = rec, {"rec": float(rec.detach())}
+    if lambda_cond > 0 or lambda_coherence > 0:
         j = model.jacobian(x)
-        if cond_rows == "closure":
-            j = j[:, model.shape.n_obs:]
-        cond = ((condition_number(j) - 1.0) ** 2).mean()
-        loss = rec + lambda_cond * cond
-    else:
-        cond = torch.zeros((), dtype=x.dtype)
-        loss = rec
-    return loss, {"rec": float(rec.detach()), "cond": float(cond.detach())}
+        if lambda_cond > 0:
+            cond = ((condition_number(j[:, model.shape.n_obs:] if cond_rows == "closure" else j) - 1.0) ** 2).mean()
+            loss = loss + lambda_cond * cond
+            parts["cond"] = float(cond.detach())
+        if lambda_coherence > 0:
+            coh = coherence_penalty(j).mean()
+            loss = loss + lambda_coherence * coh
+            parts["coherence"] = float(coh.detach())
+    return loss, parts

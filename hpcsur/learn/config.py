@@ -53,6 +53,18 @@ class Autoencoder:
                             "reference: the reference code's recipe -- raw inputs, Adam with betas "
                             "(0.9, 0.95) and coupled L2 weight decay, constant learning rate, last epoch "
                             "kept, torch's default biases")
+    normalise: str = field("auto", choices=("auto", "coordinate", "field", "none"),
+                           doc="input scaling: per coordinate (x - mu_c) / sigma_c, per field (one sigma for each "
+                               "of the state's fields, e.g. u and v), or none; auto: coordinate for the hpcsur "
+                               "recipe, none for the reference's")
+    lambda_coherence: float = field(0.0, ge=0.0, doc="weight of the leverage-coherence penalty L_coh (0: off)")
+
+    @property
+    def scaling(self) -> str:
+        """The input scaling in effect (``normalise`` with auto resolved)."""
+        if self.normalise != "auto":
+            return self.normalise
+        return "none" if self.recipe == "reference" else "coordinate"
     epochs: int = field(10, ge=1)
     batch: int = field(256, ge=1)
     lr: float = field(1e-3, gt=0.0)

@@ -2,7 +2,8 @@
 losses need (see :mod:`hpcsur.learn.losses` for the equations), and write it to an *encoded*
 dataset with the same frames and shards as its source.
 
-Per frame, in float64: z = phi(x); J = phi'(x) (reverse mode); C = chol(J J^T); the rows
+Per frame, in float64: z = phi(x); J = phi'(x) (reverse mode); C = chol(J J^T); kappa(J J^T) and
+the coherence of J (:func:`hpcsur.learn.losses.coherence`); the rows
 (J^+)_I = J_I^T (J J^T)^{-1} of the chosen coordinates (I's blocks, m coordinates each) and their
 least-squares triple (R, y, r2) for L_x,p; the unbiased estimate (n/k) J_I f_I of J f (it sets the
 output scale of models trained without full forces); and with full labels J f (L_z) and the
@@ -24,7 +25,7 @@ import torch
 from hpcsur import store as zstore
 from hpcsur.errors import InputError
 from hpcsur.learn.autoencoder import ClosureAutoencoder
-from hpcsur.learn.losses import full_triple, gram_cholesky, partial_pinv_rows, residual_triple
+from hpcsur.learn.losses import coherence, full_triple, gram_cholesky, partial_pinv_rows, residual_triple
 from hpcsur.log import Progress
 from hpcsur.systems.base import Layout
 
@@ -48,7 +49,7 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
     draws, k = idx.shape[1:]
     scale = layout.n_blocks / k  # 1/p with p = k/n exactly
     chunk = max(1, JACOBIAN_BYTES // (8 * d * n_state))
-    out = {name: [] for name in ("z", "lxp_R", "lxp_y", "lxp_r2", "jf_est")}
+    out = {name: [] for name in ("z", "lxp_R", "lxp_y", "lxp_r2", "jf_est", "kappa", "coherence")}
     if f_full is not None:
         out.update({name: [] for name in ("jf", "lx_R", "lx_y", "lx_r2")})
     with torch.no_grad():
@@ -69,6 +70,9 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
                                     ("jf_est", scale * (j_i @ f_i.unsqueeze(-1)).squeeze(-1))):
                     per_draw[name].append(value)
             out["z"].append(z)
+            lam = torch.linalg.eigvalsh(j @ j.transpose(-1, -2))
+            out["kappa"].append(lam[..., -1] / lam[..., 0])
+            out["coherence"].append(coherence(j, chol))
             for name, values in per_draw.items():
                 out[name].append(torch.stack(values, dim=1))
             if f_full is not None:

@@ -49,6 +49,25 @@ def partial_pinv_rows(j: torch.Tensor, cols: torch.Tensor, chol: torch.Tensor | 
     return torch.cholesky_solve(j_cols, chol).transpose(-1, -2)
 
 
+def leverage_scores(j: torch.Tensor, chol: torch.Tensor | None = None) -> torch.Tensor:
+    """l_c = J_c^T (J J^T)^{-1} J_c per coordinate c, shape (..., N): the squared row norms of an
+    orthonormal basis Q0 = J^T C^{-T} of J's row space (statistical leverage; sum_c l_c = d).
+
+    Uniform leverage (l_c = d/N) means every coordinate carries the same share of the latent
+    tangent space, so a uniform sample of coordinates -- the partial labels -- sees it evenly; the
+    *coherence* mu = (N/d) max_c l_c (1 <= mu <= N/d) measures how far from that a Jacobian is.
+    """
+    chol = gram_cholesky(j) if chol is None else chol
+    q = torch.linalg.solve_triangular(chol, j, upper=False)      # C^{-1} J = Q0^T, (..., d, N)
+    return (q * q).sum(-2)
+
+
+def coherence(j: torch.Tensor, chol: torch.Tensor | None = None) -> torch.Tensor:
+    """mu = (N/d) max_c l_c per frame (1: uniform leverage)."""
+    lev = leverage_scores(j, chol)
+    return lev.amax(-1) * (j.shape[-1] / j.shape[-2])
+
+
 def residual_triple(p_rows: torch.Tensor, f_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(R, y, r2) with ||f - P g||^2 = ||y - R g||^2 + r2 for all g; R is (d, d), zero-padded when
     P has fewer rows than columns. ``p_rows`` (..., q, d), ``f_rows`` (..., q)."""

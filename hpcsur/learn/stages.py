@@ -35,12 +35,13 @@ log = logging.getLogger("hpcsur.learn")
 class AutoencoderLoss(nn.Module):
     """forward(batch) = (L_AE, parts) for the frames ``batch["x"]``."""
 
-    def __init__(self, model: ClosureAutoencoder, lambda_cond: float, cond_rows: str):
+    def __init__(self, model: ClosureAutoencoder, lambda_cond: float, cond_rows: str, lambda_coherence: float = 0.0):
         super().__init__()
         self.model, self.lambda_cond, self.cond_rows = model, lambda_cond, cond_rows
+        self.lambda_coherence = lambda_coherence
 
     def forward(self, batch):
-        return autoencoder_loss(self.model, batch["x"], self.lambda_cond, self.cond_rows)
+        return autoencoder_loss(self.model, batch["x"], self.lambda_cond, self.cond_rows, self.lambda_coherence)
 
 
 class LatentLoss(nn.Module):
@@ -64,7 +65,8 @@ def use_threads(train: cfg.Train) -> None:
 # ----------------------------------------------------------------------------- autoencoder
 def autoencoder_meta(shape: AutoencoderShape, source_hash: str, ae: cfg.Autoencoder) -> dict:
     return {"kind": "autoencoder", "shape": {**asdict(shape), "hidden": list(shape.hidden)},
-            "source": source_hash, "lambda_cond": ae.lambda_cond, "cond_rows": ae.cond_rows}
+            "source": source_hash, "lambda_cond": ae.lambda_cond, "cond_rows": ae.cond_rows,
+            "scaling": ae.scaling, "lambda_coherence": ae.lambda_coherence}
 
 
 def autoencoder_shape(store_attrs: dict, ae: cfg.Autoencoder) -> AutoencoderShape:
@@ -76,20 +78,28 @@ def autoencoder_shape(store_attrs: dict, ae: cfg.Autoencoder) -> AutoencoderShap
     return AutoencoderShape(n_state, n_obs, ae.latent_dim, tuple(ae.hidden), ae.activation, ae.recipe)
 
 
-def _normalisation(store: str, train_range, out_dir: Path, backend) -> dict:
-    """Per-coordinate x statistics and observable statistics of the training frames (rank 0 computes
-    them once, caches them in normalisation.npz, and broadcasts)."""
+def field_std(x_std: np.ndarray, n_fields: int) -> np.ndarray:
+    """One scale per field: the RMS of the coordinates' standard deviations over each of the
+    state's ``n_fields`` contiguous fields (so no quiet coordinate is amplified by 1/sigma_c)."""
+    per_field = x_std.reshape(n_fields, -1)
+    return np.repeat(np.sqrt((per_field ** 2).mean(-1)), per_field.shape[1])
+
+
+def _normalisation(store: str, train_range, out_dir: Path, backend, scaling: str, n_fields: int) -> dict:
+    """x statistics (per coordinate, or one scale per field) and observable statistics of the
+    training frames (rank 0 computes them once, caches them in normalisation.npz, and broadcasts)."""
     cache = out_dir / "normalisation.npz"
     stats = None
     if backend.rank == 0:
-        if cache.exists():
-            stats = dict(np.load(cache))
+        if cache.exists() and str(np.load(cache).get("scaling", "coordinate")) == scaling:
+            stats = {k: v for k, v in np.load(cache).items() if k != "scaling"}
         else:
             x_mean, x_std, _ = frame_moments(store, "x", train_range)
             o_mean, o_std, _ = frame_moments(store, "phi", train_range)
+            x_std = field_std(x_std, n_fields) if scaling == "field" else x_std
             stats = {"x_mean": x_mean, "x_std": safe_std(x_std), "obs_mean": o_mean, "obs_std": safe_std(o_std)}
             out_dir.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, **stats)
+            np.savez(cache, scaling=scaling, **stats)
     return backend.broadcast_object(stats, root=0)
 
 
@@ -111,8 +121,9 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     out = Path(run_dir) / "autoencoder"
     torch.manual_seed(ae.seed)
     model = build_autoencoder(dataset.attrs, ae)
-    if ae.recipe == "hpcsur":
-        model.set_normalisation(**_normalisation(store, (g0, g1), out, backend))
+    if ae.scaling != "none":
+        n_fields = len(dataset.attrs["layout"]["fields"])
+        model.set_normalisation(**_normalisation(store, (g0, g1), out, backend, ae.scaling, n_fields))
     meta = autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae)
     common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
@@ -126,7 +137,8 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     log.info("train-ae: %d training frames (%s), %d validation, d = %d, %d worker(s) [%s], %s",
              g1 - g0, "streaming" if train_stream.streaming else "in memory",
              val_stream.n_frames, ae.latent_dim, backend.size, backend.name, out)
-    return fit(AutoencoderLoss(model, ae.lambda_cond, ae.cond_rows), train_stream, val_stream, backend, out,
+    return fit(AutoencoderLoss(model, ae.lambda_cond, ae.cond_rows, ae.lambda_coherence), train_stream, val_stream,
+               backend, out,
                config, meta, resume=resume, label="train-ae", show_progress=show_progress)
 
 

@@ -49,6 +49,7 @@ def build_results(spec: JobSpec, report: dict) -> dict:
         rows.append({**row, "paper": paper.to_dict() if paper else None})
     return {"job": spec.name, "spec": spec.source, "spec_hash": spec.spec_hash(), "data_hash": spec.data_hash(),
             "code": stamp(), "system": spec.kind, "protocol": protocol(spec, report), "rows": rows,
+            "autoencoder": report.get("autoencoder"),
             "paper_notes": NOTES.get(spec.kind), "report": str(Path(spec.run_dir) / "report.json")}
 
 

@@ -176,13 +176,14 @@ def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
     the latent state ``z`` (d), and for each loss a least-squares triple ``(R, y, r2)`` with
     ``||f_I - (J+)_I g||^2 = ||y - R g||^2 + r2`` for every g: ``lxp_R`` (d, d), ``lxp_y`` (d),
     ``lxp_r2`` from the partial labels, plus ``jf_est`` (d) = (n/k) J_I f_I, an unbiased estimate of
-    J f. With ``full_labels`` also ``jf`` (d) = J f for L_z and ``lx_R, lx_y, lx_r2`` for L_x.
+    J f, and the encoder's ``kappa`` = cond(J J^T) and ``coherence`` = (N/d) max_c leverage_c. With
+    ``full_labels`` also ``jf`` (d) = J f for L_z and ``lx_R, lx_y, lx_r2`` for L_x.
     """
     n, D = schema.n_frames, schema.draws
     if schema.content == "encoded":
         d = schema.latent_dim
         names = [("t", ()), ("traj", ()), ("z", (d,)), ("lxp_R", (D, d, d)), ("lxp_y", (D, d)), ("lxp_r2", (D,)),
-                 ("jf_est", (D, d))]
+                 ("jf_est", (D, d)), ("kappa", ()), ("coherence", ())]
         if schema.full_labels:
             names += [("jf", (d,)), ("lx_R", (d, d)), ("lx_y", (d,)), ("lx_r2", ())]
         return {name: ArraySpec(name, (n, *shape), "int32" if name == "traj" else "float64",

@@ -21,6 +21,7 @@ seed = 3
 [labels]
 p = 0.25
 full = true
+draws = 2
 [store]
 path = "{store}"
 [output]

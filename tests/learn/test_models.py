@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoencoder_loss, condition_number
-from hpcsur.learn.latent import GFINN, MODELS, LatentDynamics, LatentShape, OnsagerNet, input_gradient, rk4_rollout
+from hpcsur.learn.latent import (GFINN, MODELS, LatentDynamics, LatentShape, OnsagerNet, ReferenceOnsagerNet,
+                                 input_gradient, rk4_rollout, stack_models)
 from hpcsur.learn.observables import observable_from_attrs
 
 
@@ -50,6 +51,65 @@ def test_onsagernet_potential_cannot_increase_without_forcing(forcing):
         m, _ = model.operators(z)
         expected = -(grad_v.unsqueeze(-2) @ (m @ grad_v.unsqueeze(-1))).squeeze() - 0.1 * (grad_v ** 2).sum(-1)
         assert torch.allclose(rate, expected, atol=1e-10)
+
+
+def test_reference_onsagernet_matches_a_hand_computed_value():
+    """The reference's g(z) = -(M + W) grad E - 0.01 grad E, E = 0.1 |z|^2 + 1/2 |P(z) + Gamma z|^2, with
+    the networks set so that P(z) = 0.5, Gamma = [1, -1], A = [[1, 2], [3, 4]]. At z = (1, 2), by hand:
+    P + Gamma z = -0.5, grad E = 0.2 z - 0.5 (1, -1) = (-0.3, 0.9); L = tril A = [[1, 0], [3, 4]],
+    M = L L^T = [[1, 3], [3, 25]], U = triu A, W = U - U^T = [[0, 2], [-2, 0]];
+    (M + W) grad E = (4.2, 22.2), so g = -(4.2, 22.2) - 0.01 (-0.3, 0.9) = (-4.197, -22.209)."""
+    model = ReferenceOnsagerNet(2, [1, 1])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        model.potential_net[-1].bias.fill_(0.5)
+        model.gamma.weight.copy_(torch.tensor([[1.0, -1.0]]))
+        model.matrix_net[-1].bias.copy_(torch.tensor([1.0, 2.0, 3.0, 4.0]))
+    g = model(torch.tensor([[1.0, 2.0]]))
+    assert torch.allclose(g, torch.tensor([[-4.197, -22.209]]), atol=1e-12)
+
+
+def test_reference_onsagernet_has_the_reference_shapes_and_initialisation():
+    """Potential net d -> 32 -> 32 -> 32 (tanh), Gamma d -> 32 without bias, M/W net d -> 64 -> 64 -> d^2
+    (tanh), torch's default (non-zero) biases; and grad E is the gradient of its potential."""
+    torch.manual_seed(3)
+    model = ReferenceOnsagerNet(4, [32, 32])
+    linear = lambda net: [(m.in_features, m.out_features) for m in net if isinstance(m, torch.nn.Linear)]
+    assert linear(model.potential_net) == [(4, 32), (32, 32), (32, 32)]
+    assert linear(model.matrix_net) == [(4, 64), (64, 64), (64, 16)]
+    assert model.gamma.weight.shape == (32, 4) and model.gamma.bias is None
+    assert all(m.bias.abs().max() > 0 for m in model.matrix_net if isinstance(m, torch.nn.Linear))
+    z = batch(d=4, n=8, seed=3)
+    _, grad_e = input_gradient(model.potential, z)
+    h = 1e-6
+    for i in range(4):
+        dz = torch.zeros(4)
+        dz[i] = h
+        fd = (model.potential(z + dz) - model.potential(z - dz)) / (2 * h)
+        assert torch.allclose(grad_e[:, i], fd, atol=1e-7)
+    m, w = model.operators(z)
+    expected = -((m + w) @ grad_e.unsqueeze(-1)).squeeze(-1) - 0.01 * grad_e
+    assert torch.allclose(model(z), expected, atol=1e-12)
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_stacked_models_equal_each_model_alone(name):
+    """stack_models evaluates K models of one architecture in one pass, each with its own weights and
+    normalisation: the same numbers as K separate calls, and as K separate RK4 rollouts."""
+    torch.manual_seed(4)
+    models = []
+    for _ in range(3):
+        m = LatentDynamics(LatentShape(name, 4, (8, 8), "tanh")).eval()
+        m.set_normalisation(torch.rand(4), torch.rand(4) + 0.5, torch.rand(4), torch.rand(4) + 0.5)
+        models.append(m)
+    stacked = stack_models(models)
+    z = batch(d=4, n=6, seed=4).reshape(1, 6, 4).repeat(3, 1, 1) + torch.arange(3.0).reshape(3, 1, 1)
+    with torch.no_grad():
+        assert torch.allclose(stacked(z), torch.stack([m(z[i]) for i, m in enumerate(models)]), atol=1e-12)
+        paths = rk4_rollout(stacked, z, 0.01, 20, every=5)
+        for i, m in enumerate(models):
+            assert torch.allclose(paths[:, i], rk4_rollout(m, z[i], 0.01, 20, every=5), atol=1e-12)
 
 
 def test_gfinn_degeneracy_conditions_hold_to_round_off():
@@ -122,6 +182,32 @@ def test_condition_loss_vanishes_for_an_orthogonal_linear_encoder():
         model.encoder_net[0].weight[0] *= 3.0  # rows of different length: kappa = 9
     _, parts = autoencoder_loss(model, x, 1.0, cond_rows="closure")
     assert abs(parts["cond"] - 64.0) < 1e-9
+
+
+def test_leverage_and_coherence_against_an_explicit_projector():
+    """l_c is the diagonal of the projector J^T (J J^T)^{-1} J onto J's row space (numpy pinv reference);
+    the coherence penalty is 0 for uniform leverage and (N/d) - 1 for rows supported on d coordinates."""
+    from hpcsur.learn.autoencoder import coherence_penalty
+    from hpcsur.learn.losses import coherence, leverage_scores
+
+    j = batch(12, 3 * 5, seed=7).reshape(5, 3, 12)
+    proj = np.stack([np.linalg.pinv(a) @ a for a in j.numpy()])
+    lev = leverage_scores(j)
+    assert np.allclose(lev.numpy(), np.diagonal(proj, axis1=1, axis2=2), atol=1e-12)
+    assert torch.allclose(lev.sum(-1), torch.full((5,), 3.0), atol=1e-12)
+    assert torch.allclose(coherence(j), lev.amax(-1) * 4.0)
+    uniform = torch.tensor([[1.0, 1.0, 1.0, 1.0, 1.0, 1.0], [1.0, -1.0, 1.0, -1.0, 1.0, -1.0]]).unsqueeze(0)
+    assert abs(float(coherence_penalty(uniform))) < 1e-12 and abs(float(coherence(uniform)) - 1.0) < 1e-12
+    spiky = torch.eye(6)[:2].unsqueeze(0) * torch.tensor([[[2.0], [0.5]]])
+    assert abs(float(coherence_penalty(spiky)) - (6 / 2 - 1)) < 1e-12 and abs(float(coherence(spiky)) - 3.0) < 1e-12
+
+
+def test_field_scaling_uses_one_rms_sigma_per_field():
+    from hpcsur.learn.stages import field_std
+
+    x_std = np.array([1.0, 1.0, 3.0, 3.0, 0.1, 0.1, 0.1, 0.1])
+    out = field_std(x_std, 2)
+    assert np.allclose(out[:4], np.sqrt(5.0)) and np.allclose(out[4:], 0.1)
 
 
 def test_autoencoder_jacobian_matches_finite_differences():

@@ -34,7 +34,7 @@ def test_records_and_consolidated_manifest(store):
     rec = json.loads((store / "progress" / "shard-000002.json").read_text())
     assert (rec["frame_start"], rec["frame_stop"]) == (8, 12)
     assert rec["files"]["x"]["path"] == "x/c/2/0" and rec["files"]["t"]["path"] == "t/c/2"
-    assert rec["files"]["f_partial"]["path"] == "f_partial/c/2/0/0"
+    assert rec["files"]["f_partial"]["path"] == "f_partial/c/2/0/0/0"   # frame, draw, block, coordinate
     for f in rec["files"].values():
         assert (store / f["path"]).stat().st_size == f["bytes"]
     summary = consolidate(store)

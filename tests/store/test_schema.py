@@ -75,6 +75,11 @@ def test_schema_dict_round_trip_and_arrays():
     assert DatasetSchema.from_dict(s.to_dict()) == s
     arr = s.arrays()
     assert list(arr) == ["x", "t", "step", "traj", "idx", "f_partial", "phi", "f_full"]
-    assert arr["f_partial"].shape == (20, 3, 2) and arr["idx"].dtype == "int64"
+    assert arr["f_partial"].shape == (20, 1, 3, 2) and arr["idx"].dtype == "int64"   # one draw
+    drawn = DatasetSchema(2, 10, 4, 3, 2, 5, True, 5, 5, draws=3)
+    assert drawn.arrays()["idx"].shape == (20, 3, 3) and drawn.arrays()["f_partial"].shape == (20, 3, 3, 2)
+    enc = drawn.encoded(4).arrays()
+    assert enc["lxp_R"].shape == (20, 3, 4, 4) and enc["jf_est"].shape == (20, 3, 4) and enc["jf"].shape == (20, 4)
+    assert DatasetSchema.from_dict(drawn.to_dict()) == drawn
     assert "f_full" not in DatasetSchema(2, 10, 4, 3, 2, 5, False, 5, 5).arrays()
     assert spec_hash(s, {"a": 1}) != spec_hash(s, {"a": 2})

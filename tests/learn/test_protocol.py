@@ -1,0 +1,169 @@
+"""The training protocol: what the learning-rate scheduler watches, which model is kept, per-seed
+index draws, and the force-cost ledger."""
+import csv
+import json
+import subprocess
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import HPCSUR, PP_JOB, write_job
+from hpcsur import store as zstore
+from hpcsur.errors import InputError
+from hpcsur.learn.distributed import init_backend
+from hpcsur.learn.train import BEST, CHECKPOINT, FitConfig, fit, load_checkpoint, load_snapshots
+
+
+class Targets:
+    """A data source of scalar targets: `steps` batches per epoch of one target each."""
+
+    def __init__(self, target: float, steps: int = 4):
+        self.target, self.n = target, steps
+
+    def steps(self, epoch):
+        return self.n
+
+    def batches(self, epoch, skip=0):
+        for _ in range(skip, self.n):
+            yield {"t": torch.full((8,), self.target)}
+
+    def all_frames(self):
+        yield {"t": torch.full((8,), self.target)}
+
+
+class Quadratic(torch.nn.Module):
+    """loss = mean (w - t)^2: training pulls w from 5 towards 0, so the validation loss against t = 10
+    rises every epoch while the training loss falls."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = torch.nn.Parameter(torch.tensor(5.0, dtype=torch.float64))
+
+    def forward(self, batch):
+        return ((self.w - batch["t"].double()) ** 2).mean(), {}
+
+
+def train_toy(tmp_path, **protocol):
+    torch.manual_seed(0)
+    module = Quadratic()
+    config = FitConfig(epochs=8, lr=0.05, patience=1, factor=0.5, checkpoint_minutes=0, snapshot_every=2, score_every=2,
+                       **protocol)
+    summary = fit(module, Targets(0.0), Targets(10.0), init_backend("none"), tmp_path, config, {"toy": 1},
+                  show_progress=False, scorer=lambda m: abs(float(m.w.detach()) - 4.1))
+    curve = load_checkpoint(tmp_path / CHECKPOINT, {"toy": 1})["curve"]
+    best = load_checkpoint(tmp_path / BEST, {"toy": 1})["model"]["w"]
+    return summary, curve, float(best)
+
+
+def test_the_scheduler_watches_what_schedule_on_names(tmp_path):
+    _, on_train, _ = train_toy(tmp_path / "train", schedule_on="train", select="last")
+    _, on_val, _ = train_toy(tmp_path / "val", schedule_on="val", select="last")
+    _, fixed, _ = train_toy(tmp_path / "none", schedule_on="none", select="last")
+    assert [r["lr"] for r in fixed] == [0.05] * 8
+    assert [r["lr"] for r in on_train] == [0.05] * 8          # the training loss improves every epoch
+    assert on_val[-1]["lr"] < 0.05 / 4                       # the validation loss never does
+    assert all(np.isnan(r["val"]) for r in on_train) and all(np.isfinite(r["val"]) for r in on_val)
+
+
+def test_the_kept_model_is_the_one_select_names(tmp_path):
+    summary, curve, last = train_toy(tmp_path / "last", schedule_on="none", select="last")
+    final = float(load_checkpoint(tmp_path / "last" / CHECKPOINT, {"toy": 1})["model"]["w"])
+    assert last == final and summary["best_epoch"] == 7
+    summary, curve, by_val = train_toy(tmp_path / "val", schedule_on="none", select="val_loss")
+    assert summary["best_epoch"] == 0 and by_val > final    # the earliest epoch is closest to the validation target
+    summary, curve, by_score = train_toy(tmp_path / "score", schedule_on="none", select="score")
+    scored = [(r["score"], r["epoch"]) for r in curve if np.isfinite(r["score"])]
+    assert [e for _, e in scored] == [1, 3, 5, 7] and min(scored)[1] == summary["best_epoch"]
+    assert by_score not in (last, by_val)
+    # snapshots every 2 epochs, the last one being the final model
+    snaps = load_snapshots(tmp_path / "score", {"toy": 1})
+    assert [e for e, _ in snaps] == [2, 4, 6, 8] and float(snaps[-1][1]["w"]) == final
+
+
+def test_a_foreign_snapshot_is_refused(tmp_path):
+    train_toy(tmp_path, schedule_on="none", select="last")
+    with pytest.raises(InputError, match="was written for toy"):
+        load_snapshots(tmp_path, {"toy": 2})
+
+
+def test_bad_protocol_values_are_one_line():
+    with pytest.raises(InputError, match="schedule_on = 'sometimes' is not allowed"):
+        FitConfig(epochs=1, lr=1.0, schedule_on="sometimes")
+
+
+@pytest.mark.parametrize("edit,message", [
+    ("epochs = 2\nbatch = 16", "[latent] schedule_on = 'often' is not allowed"),
+    ("seeds = [1]", "[latent] equivalent_data = [60, 60]: give at least one size, each once"),
+    ("hidden = [8]", "[latent] forcing = true is allowed only with model = \"onsagernet\""),
+    ("draws = 2", "[labels] draws = 0 is out of range"),
+    ("lambda_cond = 1e-6", "[autoencoder] recipe = 'paper' is not allowed"),
+])
+def test_bad_protocol_specs_are_one_line(pp_store, tmp_path, edit, message):
+    folder, store = pp_store
+    text = PP_JOB.format(store=store, run=tmp_path / "run", hidden=8)
+    replacement = {"epochs = 2\nbatch = 16": "epochs = 2\nbatch = 16\nschedule_on = \"often\"",
+                   "seeds = [1]": "seeds = [1]\nequivalent_data = [60, 60]",
+                   "hidden = [8]": "hidden = [8]\nmodel = \"onsagernet_ref\"\nforcing = true",
+                   "draws = 2": "draws = 0",
+                   "lambda_cond = 1e-6": "lambda_cond = 1e-6\nrecipe = \"paper\""}[edit]
+    if edit == "seeds = [1]":
+        text = text.replace("equivalent_data = 60\n", "")
+    job = tmp_path / "bad.toml"
+    job.write_text(text.replace(edit, replacement, 1))
+    res = subprocess.run([HPCSUR, "validate", str(job)], capture_output=True, text=True, timeout=60)
+    assert res.returncode == 2
+    assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr
+
+
+def test_each_draw_is_its_own_index_set_with_its_own_labels(pp_store):
+    """The store holds 2 independent index sets per frame, each labelled with the exact forces there."""
+    from hpcsur.parallel.sampling import index_set
+
+    folder, store = pp_store
+    ds = zstore.open_dataset(store)
+    arrays = ds.global_frames(0, 60, ["idx", "f_partial", "f_full", "traj"])
+    idx, fp, ff = arrays["idx"], arrays["f_partial"], arrays["f_full"]
+    assert idx.shape[1:] == (2, 5) and fp.shape[1:] == (2, 5, 2)
+    assert np.mean(np.any(idx[:, 0] != idx[:, 1], axis=1)) > 0.9
+    n = ds.attrs["layout"]["n_blocks"]
+    for g in range(60):
+        for draw in range(2):
+            cells = idx[g, draw]
+            assert np.array_equal(fp[g, draw], np.stack([ff[g][cells], ff[g][n + cells]], axis=1))
+            frame = g % ds.frames_per_traj
+            assert np.array_equal(cells, index_set(ds.attrs["seed"], int(arrays["traj"][g]), frame, n, 5, draw))
+
+
+def test_seeds_train_on_their_own_draw_and_validation_free_protocols_cost_no_validation_forces(pp_store, tmp_path):
+    folder, store = pp_store
+    run = tmp_path / "run"
+    text = PP_JOB.format(store=store, run=run, hidden=8).replace("seeds = [1]", "seeds = [1, 2]")
+    text = text.replace("epochs = 2\nbatch = 16", "epochs = 4\nbatch = 16\nschedule_on = \"train\"\n"
+                        "select = \"val_rollout\"\nselect_every = 2\nsnapshot_every = 2")
+    text = text.replace("[output]\n", f"[output]\nresults = \"{tmp_path / 'results'}\"\n")
+    job = tmp_path / "proto.toml"
+    job.write_text(text)
+    for stage in (["train-ae"], ["encode"], ["train-latent", "--loss", "lxp"]):
+        res = subprocess.run([HPCSUR, *stage, str(job), "--no-progress", *(["--backend", "none"] if stage[0] != "encode" else [])],
+                             capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+    draws = {}
+    for seed in (1, 2):
+        folder = run / "latent" / f"lxp-e60-s{seed}"
+        meta = torch.load(folder / BEST, weights_only=True)["meta"]
+        draws[seed] = meta["draw"]
+        done = json.loads((folder / "done.json").read_text())
+        with open(folder / "curve.csv") as fh:
+            rows = list(csv.DictReader(fh))
+        scores = {int(r["epoch"]): float(r["score"]) for r in rows if r["score"] != "nan"}
+        assert sorted(scores) == [1, 3] and done["select"] == "score"
+        assert done["best_epoch"] == min(scores, key=scores.get)
+    assert draws == {1: 1, 2: 0}
+    res = subprocess.run([HPCSUR, "evaluate", str(job), "--loss", "lxp"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert not (tmp_path / "results").exists()   # a partial evaluation makes no results claim
+    row = json.loads((run / "report.json").read_text())["rows"][0]
+    assert row["force_evaluations"] == {"per_frame": 10, "train_frames": 240, "train": 2400,
+                                        "validation_frames": 0, "validation": 0, "total": 2400}
+    assert [p["epoch"] for p in row["curve"]] == [2, 4]
