@@ -205,39 +205,6 @@ def force_evaluations(run, attrs: dict, latent_cfg, n_validation_frames: int) ->
             "validation_frames": n_validation_frames if uses_val else 0, "validation": val, "total": train + val}
 
 
-def autoencoder_diagnostics(encoded: str, frame_range: tuple[int, int]) -> dict:
-    """What the encoding looks like to the latent losses, over the frames ``[g0, g1)``:
-
-    * ``kappa``: cond(J J^T) (mean, max); ``coherence``: (N/d) max_c leverage_c (mean, max);
-    * ``label_noise`` per draw (full labels only): eta = sum ||y - R J f||^2 / sum ||R (J f - mean J f)||^2
-      with (R, y) the L_x,p triple -- the L_x,p loss of the exact latent velocity J f relative to the
-      variation a model has to learn: the share of the partial-label signal that is sampling noise.
-    """
-    from hpcsur.learn.data import pieces
-
-    dataset = open_dataset(encoded)
-    names = [n for n in ("kappa", "coherence", "jf", "lxp_R", "lxp_y") if n in dataset.schema.arrays()]
-    blocks = []
-    for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard).items()):
-        arrays = dataset.shard(s, names)
-        blocks.append({k: v[piece.start:piece.stop] for k, v in arrays.items()})
-    cat = {k: np.concatenate([b[k] for b in blocks]) for k in names}
-    out = {"frames": frame_range[1] - frame_range[0]}
-    for name in ("kappa", "coherence"):
-        if name in cat:
-            out[name] = {"mean": float(np.mean(cat[name])), "max": float(np.max(cat[name]))}
-    if "jf" in cat:
-        jf = cat["jf"]
-        noise = []
-        for draw in range(cat["lxp_R"].shape[1]):
-            r, y = cat["lxp_R"][:, draw], cat["lxp_y"][:, draw]
-            resid = y - np.einsum("fij,fj->fi", r, jf)
-            signal = np.einsum("fij,fj->fi", r, jf - jf.mean(0))
-            noise.append(float((resid ** 2).sum() / (signal ** 2).sum()))
-        out["label_noise"] = noise
-    return out
-
-
 def _curve(per_seed: list[list[dict]]) -> list[dict]:
     """Mean over seeds of the snapshot errors at the epochs every seed has."""
     common = sorted(set.intersection(*[{p["epoch"] for p in pts} for pts in per_seed])) if per_seed else []
@@ -256,6 +223,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     import csv
 
     from hpcsur.learn.data import split_of
+    from hpcsur.learn.diagnostics import encoding_diagnostics
     from hpcsur.learn.stages import latent_model, latent_runs, load_latent, run_meta
     from hpcsur.learn.train import load_snapshots
 
@@ -322,7 +290,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     largest = max(r.frames for r in runs)
     report = {"encoded": str(encoded), "test_trajectories": trajs, "frames": len(t), "substeps": eval_cfg.substeps,
               "p_eff": float(attrs["p_eff"]), "model": latent_cfg.model, "rows": rows, "runs": runs_out,
-              "autoencoder": autoencoder_diagnostics(encoded, (0, largest)),
+              "autoencoder": encoding_diagnostics(encoded, (0, largest)),
               "plots": {k: str(v) for k, v in files.items()}}
     write_report(run_dir / "report.json", report)
     return report

@@ -64,9 +64,14 @@ def use_threads(train: cfg.Train) -> None:
 
 # ----------------------------------------------------------------------------- autoencoder
 def autoencoder_meta(shape: AutoencoderShape, source_hash: str, ae: cfg.Autoencoder) -> dict:
-    return {"kind": "autoencoder", "shape": {**asdict(shape), "hidden": list(shape.hidden)},
-            "source": source_hash, "lambda_cond": ae.lambda_cond, "cond_rows": ae.cond_rows,
-            "scaling": ae.scaling, "lambda_coherence": ae.lambda_coherence}
+    meta = {"kind": "autoencoder", "shape": {**asdict(shape), "hidden": list(shape.hidden)},
+            "source": source_hash, "lambda_cond": ae.lambda_cond, "cond_rows": ae.cond_rows}
+    # options beyond the recipe's defaults are recorded only when used (older checkpoints stay valid)
+    if ae.normalise != "auto":
+        meta["scaling"] = ae.scaling
+    if ae.lambda_coherence > 0:
+        meta["lambda_coherence"] = ae.lambda_coherence
+    return meta
 
 
 def autoencoder_shape(store_attrs: dict, ae: cfg.Autoencoder) -> AutoencoderShape:

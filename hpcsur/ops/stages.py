@@ -96,17 +96,14 @@ def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, b
 def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
     """Score every trained model; write report.json, the plots and the results claim (only for a
     complete evaluation: all losses, sizes and seeds of the spec)."""
-    import os
-
-    import torch
-
     from hpcsur import store
     from hpcsur.learn.evaluate import evaluate_run
+    from hpcsur.learn.stages import use_threads
     from hpcsur.ops.results import write_results
 
     latent = spec.require("latent", "evaluate")
     spec.require("autoencoder", "evaluate")
-    torch.set_num_threads(max(spec.train.threads, len(os.sched_getaffinity(0))))  # one process: every core it has
+    use_threads(spec.train)
     if not store.exists(encoded_path(spec)):
         raise InputError(f"store {encoded_path(spec)}: does not exist; run `hpcsur encode` first")
     save_resolved_spec(spec)
@@ -115,6 +112,41 @@ def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
     if losses is None and seeds is None:
         report["results"] = str(write_results(spec, report))
     return report
+
+
+def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
+    """Encoder diagnostics of a job's trained autoencoder (:mod:`hpcsur.learn.diagnostics`) on
+    ``frames`` training frames spread evenly over the training trajectories, and of its encoding
+    over the frames its largest latent run trains on; written to <run_dir>/autoencoder/diagnostics.json."""
+    import json
+
+    import numpy as np
+
+    from hpcsur import store
+    from hpcsur.learn.data import frame_moments, split_of
+    from hpcsur.learn.diagnostics import encoding_diagnostics, jacobian_diagnostics
+    from hpcsur.learn.stages import latent_runs, load_autoencoder, use_threads
+
+    ae = spec.require("autoencoder", "diagnose")
+    _store_complete(spec.store.path)
+    use_threads(spec.train)
+    dataset = store.open_dataset(spec.store.path)
+    split = split_of(dataset, spec.split.validation, spec.split.test)
+    g0, g1 = split.frames("train")
+    picks = np.unique(np.linspace(g0, g1 - 1, min(frames, g1 - g0)).astype(np.int64))
+    x = np.stack([dataset.global_frames(int(g), int(g) + 1, ["x"])["x"][0] for g in picks])
+    _, x_std, _ = frame_moments(spec.store.path, "x", (g0, g1))
+    out = {"job": spec.name, "autoencoder": {"recipe": ae.recipe, "scaling": ae.scaling,
+                                             "lambda_cond": ae.lambda_cond, "lambda_coherence": ae.lambda_coherence},
+           "jacobian": jacobian_diagnostics(load_autoencoder(spec.store.path, Path(spec.run_dir), ae), x, x_std)}
+    if spec.latent is not None and store.exists(encoded_path(spec)):
+        enc = store.open_dataset(encoded_path(spec))
+        runs = latent_runs(spec.latent, enc.attrs, split.frames("train")[1])
+        out["encoding"] = encoding_diagnostics(encoded_path(spec), (0, max(r.frames for r in runs)))
+    path = Path(spec.run_dir) / "autoencoder" / "diagnostics.json"
+    path.write_text(json.dumps(out, indent=1))
+    out["file"] = str(path)
+    return out
 
 
 def format_table(report: dict) -> str:

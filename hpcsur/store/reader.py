@@ -52,7 +52,16 @@ class Dataset:
             raise InputError(f"store {self.path}: not an hpcsur dataset (no 'schema' attribute)")
         self.schema = DatasetSchema.from_dict(self.attrs["schema"])
         group = zarr.open_group(str(self.path), mode="r", zarr_format=3)
-        self._arrays = {name: group[name] for name in self.schema.arrays()}
+        self._arrays = {}
+        for name, spec in self.schema.arrays().items():
+            try:
+                self._arrays[name] = group[name]
+            except KeyError:
+                raise InputError(f"store {self.path}: array {name!r} of its schema is missing (damaged, or written "
+                                 "by another hpcsur version)") from None
+            if tuple(self._arrays[name].shape) != spec.shape:
+                raise InputError(f"store {self.path}: array {name!r} has shape {tuple(self._arrays[name].shape)}, its "
+                                 f"schema says {spec.shape} (written by another hpcsur version?)")
 
     # -- sizes ---------------------------------------------------------------------------------
     @property

@@ -78,6 +78,7 @@ class DatasetSchema:
     content: str = "trajectories"
     latent_dim: int = 0
     draws: int = 1
+    encoder_stats: bool = False
 
     def __post_init__(self) -> None:
         if self.content not in CONTENTS:
@@ -89,9 +90,9 @@ class DatasetSchema:
             value = getattr(self, f.name)
             if f.name in ("content", "latent_dim"):
                 continue
-            if f.name == "full_labels":
+            if f.name in ("full_labels", "encoder_stats"):
                 if not isinstance(value, (bool, np.bool_)):
-                    raise InputError(f"schema.full_labels: expected a bool, got {value!r}")
+                    raise InputError(f"schema.{f.name}: expected a bool, got {value!r}")
                 continue
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise InputError(f"schema.{f.name}: expected an integer, got {value!r}")
@@ -158,7 +159,7 @@ class DatasetSchema:
 
     def encoded(self, latent_dim: int) -> "DatasetSchema":
         """The schema of this dataset's encoding: same frames and shards, per-frame latent data."""
-        return replace(self, content="encoded", latent_dim=latent_dim)
+        return replace(self, content="encoded", latent_dim=latent_dim, encoder_stats=True)
 
 
 DRAW_ARRAYS = ("idx", "f_partial")
@@ -176,14 +177,15 @@ def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
     the latent state ``z`` (d), and for each loss a least-squares triple ``(R, y, r2)`` with
     ``||f_I - (J+)_I g||^2 = ||y - R g||^2 + r2`` for every g: ``lxp_R`` (d, d), ``lxp_y`` (d),
     ``lxp_r2`` from the partial labels, plus ``jf_est`` (d) = (n/k) J_I f_I, an unbiased estimate of
-    J f, and the encoder's ``kappa`` = cond(J J^T) and ``coherence`` = (N/d) max_c leverage_c. With
+    J f, and with ``encoder_stats`` (every new encoding) the encoder's ``kappa`` = cond(J J^T) and
+    ``coherence`` = (N/d) max_c leverage_c. With
     ``full_labels`` also ``jf`` (d) = J f for L_z and ``lx_R, lx_y, lx_r2`` for L_x.
     """
     n, D = schema.n_frames, schema.draws
     if schema.content == "encoded":
         d = schema.latent_dim
         names = [("t", ()), ("traj", ()), ("z", (d,)), ("lxp_R", (D, d, d)), ("lxp_y", (D, d)), ("lxp_r2", (D,)),
-                 ("jf_est", (D, d)), ("kappa", ()), ("coherence", ())]
+                 ("jf_est", (D, d))] + ([("kappa", ()), ("coherence", ())] if schema.encoder_stats else [])
         if schema.full_labels:
             names += [("jf", (d,)), ("lx_R", (d, d)), ("lx_y", (d,)), ("lx_r2", ())]
         return {name: ArraySpec(name, (n, *shape), "int32" if name == "traj" else "float64",
