@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from hpcsur.errors import InputError
+from hpcsur.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentProblem, InputError
 
 # subcommand -> (module under hpcsur.cli, one-line help)
 COMMANDS = {
@@ -58,7 +58,12 @@ def main(argv=None) -> int:
     except InputError as err:
         if _mpi_rank() == 0:  # under mpiexec every rank raises the same error: report it once
             print(f"hpcsur {args.command}: error: {err}", file=sys.stderr)
-        return 2
+        return EXIT_INPUT
+    except (EnvironmentProblem, OSError) as err:
+        text = str(err) if isinstance(err, EnvironmentProblem) else _os_error_line(err)
+        print(f"hpcsur {args.command}: environment error{_rank_tag()}: {text}", file=sys.stderr)
+        _abort_other_ranks(quiet=True)
+        return EXIT_ENVIRONMENT
     except BrokenPipeError:  # e.g. `hpcsur validate job.toml | head`: the reader left, not an error
         import os
 
@@ -72,6 +77,20 @@ def main(argv=None) -> int:
         raise
 
 
+def _os_error_line(err: OSError) -> str:
+    """An operating-system error as one line: what failed and on which file."""
+    what = err.strerror or type(err).__name__
+    files = " -> ".join(str(f) for f in (err.filename, err.filename2) if f is not None)
+    return f"{what}: {files}" if files else f"{what} ({err})"
+
+
+def _rank_tag() -> str:
+    mpi = sys.modules.get("mpi4py.MPI")
+    if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized() or mpi.COMM_WORLD.Get_size() == 1:
+        return ""
+    return f" (rank {mpi.COMM_WORLD.Get_rank()})"
+
+
 def _mpi_rank() -> int:
     """This process's rank in COMM_WORLD, 0 when MPI is not in use."""
     mpi = sys.modules.get("mpi4py.MPI")
@@ -80,15 +99,16 @@ def _mpi_rank() -> int:
     return mpi.COMM_WORLD.Get_rank()
 
 
-def _abort_other_ranks() -> None:
+def _abort_other_ranks(quiet: bool = False) -> None:
     """An unexpected error on one rank must not leave the others blocked in MPI forever."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
-        import traceback
+        if not quiet:
+            import traceback
 
-        traceback.print_exc()
+            traceback.print_exc()
         sys.stderr.flush()
-        mpi.COMM_WORLD.Abort(1)
+        mpi.COMM_WORLD.Abort(EXIT_ENVIRONMENT if quiet else 1)
 
 
 if __name__ == "__main__":

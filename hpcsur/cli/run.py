@@ -1,5 +1,6 @@
-"""``hpcsur run JOB.toml [--ranks R] [--workers W] [--backend B] [--stages a,b]``: generate ->
-train-ae -> encode -> train-latent -> evaluate on this machine, skipping finished stages."""
+"""``hpcsur run JOB.toml [--ranks R] [--workers W] [--backend B] [--stages a,b] [--keep]``: generate ->
+train-ae -> encode -> train-latent -> evaluate on this machine, skipping finished stages and redoing
+those whose spec fields changed since their outputs were made (``--keep``: refuse instead)."""
 
 
 def _positive_int(text):
@@ -22,6 +23,8 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=_positive_int, help="training workers (default: [train] workers)")
     parser.add_argument("--backend", choices=BACKENDS, help="override [train] backend")
     parser.add_argument("--stages", help="comma-separated subset of: generate,train-ae,encode,train-latent,evaluate")
+    parser.add_argument("--keep", action="store_true",
+                        help="refuse (one line naming the changed fields) instead of redoing stages whose spec changed")
 
 
 def run(args):
@@ -30,4 +33,5 @@ def run(args):
 
     spec = load_job(args.job)
     stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
-    return run_pipeline(spec, args.job, ranks=args.ranks, workers=args.workers, backend=args.backend, stages=stages)
+    return run_pipeline(spec, args.job, ranks=args.ranks, workers=args.workers, backend=args.backend, stages=stages,
+                        keep=args.keep)

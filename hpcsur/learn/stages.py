@@ -26,7 +26,7 @@ from hpcsur.learn.data import BatchStream, frame_moments, safe_std, split_of
 from hpcsur.learn.latent import LatentDynamics, LatentShape
 from hpcsur.learn.losses import LOSS_ARRAYS, TARGET_ARRAY, batch_loss
 from hpcsur.learn.observables import observable_from_attrs
-from hpcsur.learn.train import DONE, FitConfig, fit, load_best
+from hpcsur.learn.train import DONE, FitConfig, fit, load_best, write_json_atomic
 from hpcsur.store import open_dataset
 
 log = logging.getLogger("hpcsur.learn")
@@ -224,8 +224,9 @@ def validation_scorer(encoded: str, split, substeps: int, n_obs: int):
 
 def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Latent, train: cfg.Train, backend,
                  losses=None, seeds=None, resume: bool = False, show_progress: bool = True,
-                 substeps: int = 10, sizes=None) -> list[dict]:
-    """Train one latent model per (loss, size, seed); finished runs are skipped when resuming."""
+                 substeps: int = 10, sizes=None, record=None) -> list[dict]:
+    """Train one latent model per (loss, size, seed); finished runs are skipped when resuming.
+    ``record(run)`` gives the provenance written to ``<run folder>/inputs.json`` as the run starts."""
     from hpcsur.learn.distributed import scaled_lr
 
     use_threads(train)
@@ -247,6 +248,9 @@ def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Late
             continue
         if not resume and (out / "checkpoint.pt").exists():
             raise InputError(f"{out}: a training run exists; pass --resume to continue or finish it")
+        if record is not None and backend.rank == 0:
+            out.mkdir(parents=True, exist_ok=True)
+            write_json_atomic({"inputs": record(run)}, out / "inputs.json")
         summaries.append(_train_one(dataset, encoded, out, sp, latent, train, backend, run, float(dataset.attrs["p_eff"]),
                                     scaled_lr(latent.lr, backend.size, train.lr_scaling), resume, show_progress,
                                     scorer))

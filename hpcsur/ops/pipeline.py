@@ -8,7 +8,9 @@
 
 A stage whose outputs are complete is skipped (evaluate: when report.json is newer than every
 trained model) (its own ``--resume`` would also find nothing to do,
-but skipping saves the start-up). Each stage runs in its own process group of ranks so MPI,
+but skipping saves the start-up). A stage whose outputs were made from other spec fields
+(:mod:`hpcsur.ops.provenance`) is redone, and so is every stage after it; ``keep=True`` refuses
+instead, naming the changed fields. Each stage runs in its own process group of ranks so MPI,
 numba and torch state never leak between stages; the same commands are what ``hpcsur submit``
 puts in sbatch scripts.
 """
@@ -75,8 +77,31 @@ def stage_command(job: str, stage: str, ranks: int, workers: int, backend: str |
     return [mpiexec, "-n", str(n), *cmd] if n > 1 else cmd
 
 
+def redo_stale(spec: JobSpec, chosen: list[str], keep: bool) -> None:
+    """Remove the outputs of stale stages, and all outputs built on a redone generate / train-ae /
+    encode (or, with ``keep``, refuse in one line). A stale stage outside ``chosen`` is an error."""
+    from hpcsur.ops import provenance
+
+    redo = False
+    for stage in STAGES:
+        fields = provenance.stale(spec, stage)
+        if fields:
+            if stage not in chosen:
+                raise InputError(f"--stages: {stage} is stale ({provenance.short(fields)}) and not among the "
+                                 "chosen stages; include it (or run without --stages)")
+            if keep:
+                raise InputError(f"{stage}: its outputs were made from other spec fields "
+                                 f"({provenance.short(fields)}); rerun without --keep to redo {stage} and the "
+                                 "stages after it")
+            print(f"[run] {stage}: inputs changed ({provenance.short(fields)}): redoing it", flush=True)
+        if fields or redo:
+            for path in provenance.clear(spec, stage, only_stale_runs=not redo):
+                print(f"[run]   removed {path}", flush=True)
+        redo = redo or (bool(fields) and stage in ("generate", "train-ae", "encode"))
+
+
 def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = None, backend: str | None = None,
-                 stages: list[str] | None = None) -> int:
+                 stages: list[str] | None = None, keep: bool = False) -> int:
     """Run (or resume) the chain; returns the first non-zero exit code, or 0."""
     spec.require("autoencoder", "run")
     spec.require("latent", "run")
@@ -85,6 +110,7 @@ def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = 
     for stage in chosen:
         if stage not in STAGES:
             raise InputError(f"--stages: {stage!r} is not a stage; choose from: {', '.join(STAGES)}")
+    redo_stale(spec, chosen, keep)
     t_all = time.perf_counter()
     for stage in STAGES:
         if stage not in chosen:

@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 
 from hpcsur.errors import InputError
+from hpcsur.ops import provenance
 from hpcsur.ops.jobspec import JobSpec, dump_job
 
 log = logging.getLogger("hpcsur.stages")
@@ -54,9 +55,12 @@ def train_ae(spec: JobSpec, resume: bool = False, backend: str | None = None, pr
     out = Path(spec.run_dir) / "autoencoder"
     if not resume and (out / "checkpoint.pt").exists():
         raise InputError(f"{out}: an autoencoder run exists; pass --resume to continue or finish it")
+    provenance.refuse_if_stale(spec, "train-ae")
     b = _backend(spec, backend)
     try:
         save_resolved_spec(spec, b.rank)
+        if b.rank == 0:
+            provenance.record_stage(spec, "train-ae")
         return train_autoencoder(spec.store.path, Path(spec.run_dir), spec.split, ae, spec.train, b,
                                  resume=resume, show_progress=progress)
     finally:
@@ -69,8 +73,12 @@ def encode(spec: JobSpec, comm, resume: bool = False, progress: bool = True) -> 
 
     ae = spec.require("autoencoder", "encode")
     _store_complete(spec.store.path)
+    provenance.refuse_if_stale(spec, "train-ae")
+    provenance.refuse_if_stale(spec, "encode")
     use_threads(spec.train)
     save_resolved_spec(spec, comm.Get_rank())
+    if comm.Get_rank() == 0:
+        provenance.record_stage(spec, "encode")
     model = load_autoencoder(spec.store.path, Path(spec.run_dir), ae)
     return encode_store(spec.store.path, encoded_path(spec), model, comm, resume=resume, show_progress=progress)
 
@@ -83,12 +91,15 @@ def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, b
     latent = spec.require("latent", "train-latent")
     if not store.exists(encoded_path(spec)):
         raise InputError(f"store {encoded_path(spec)}: does not exist; run `hpcsur encode` first")
+    for stage in ("encode", "train-latent"):
+        provenance.refuse_if_stale(spec, stage)
     b = _backend(spec, backend)
     try:
         save_resolved_spec(spec, b.rank)
         return fit_latent(encoded_path(spec), Path(spec.run_dir), spec.split, latent, spec.train, b,
                           losses=losses, seeds=seeds, resume=resume, show_progress=progress,
-                          substeps=spec.evaluate.substeps, sizes=sizes)
+                          substeps=spec.evaluate.substeps, sizes=sizes,
+                          record=lambda run: provenance.run_inputs(spec, run.loss, run.size, run.seed))
     finally:
         b.shutdown()
 
@@ -106,7 +117,10 @@ def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
     use_threads(spec.train)
     if not store.exists(encoded_path(spec)):
         raise InputError(f"store {encoded_path(spec)}: does not exist; run `hpcsur encode` first")
+    for stage in ("encode", "train-latent"):
+        provenance.refuse_if_stale(spec, stage)
     save_resolved_spec(spec)
+    provenance.record_stage(spec, "evaluate")
     report = evaluate_run(encoded_path(spec), Path(spec.run_dir), spec.split, latent, spec.evaluate,
                           losses=losses, seeds=seeds)
     if losses is None and seeds is None:

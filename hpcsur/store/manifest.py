@@ -283,7 +283,7 @@ class VerifyReport:
         return f"{len(self.problems)} problem(s) in {self.n_checked} shards; first: {self.first_bad}"
 
 
-def _compare(name: str, s: int, expected: FileDigest, actual: FileDigest) -> BadShard | None:
+def compare_digest(name: str, s: int, expected: FileDigest, actual: FileDigest) -> BadShard | None:
     def show(d: FileDigest) -> str:
         return "no file" if d.sha256 is None else f"{d.bytes} B sha256={d.sha256[:12]}"
 
@@ -331,7 +331,7 @@ def verify(path: str | os.PathLike, shards: Iterable[int] | None = None) -> Veri
             if name not in rec.files:
                 problems.append(BadShard(name, s, now[name].path, "missing", "a record entry", "none"))
                 continue
-            bad = _compare(name, s, rec.files[name], now[name])
+            bad = compare_digest(name, s, rec.files[name], now[name])
             if bad:
                 problems.append(bad)
     return VerifyReport(len(todo), tuple(problems))

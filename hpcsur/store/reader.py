@@ -1,7 +1,13 @@
 """Read a dataset: by trajectory, by global frame range, or shard by shard for streaming training.
 
+**Verified reads.** Before a complete shard's file of an array is read for the first time by a
+:class:`Dataset`, its sha256 and size are compared with the shard's completion record: a flipped
+byte, a truncated or deleted chunk file stops the reader with one line (:class:`DataError`)
+naming the store, shard and array, instead of training on altered values or on fill values. The
+cost is one hash per shard file per opened dataset (reads then hit the page cache).
+
 Frames of shards without a completion record read as the fill value (NaN / -1); use
-:meth:`Dataset.complete_mask` to tell them apart.
+:meth:`Dataset.complete_mask` to tell them apart (stages refuse incomplete stores beforehand).
 """
 from __future__ import annotations
 
@@ -12,8 +18,8 @@ from typing import Any, Iterator, Sequence
 import numpy as np
 import zarr
 
-from hpcsur.errors import InputError
-from hpcsur.store.manifest import completed_shards, read_attrs
+from hpcsur.errors import DataError, InputError
+from hpcsur.store.manifest import FileDigest, compare_digest, completed_shards, file_digest, read_attrs, read_record, shard_file
 from hpcsur.store.schema import DatasetSchema, _check_rank, check_shard_id
 
 
@@ -45,8 +51,9 @@ def rank_shards(shards: Sequence[int], rank: int, size: int, epoch: int, seed: i
 class Dataset:
     """A read-only view of one store. Cheap to create; arrays are opened lazily by zarr."""
 
-    def __init__(self, path: str | os.PathLike):
-        self.path = Path(path)
+    def __init__(self, path: str | os.PathLike, verify: bool = True):
+        self.path, self.verify = Path(path), verify
+        self._verified: set[tuple[int, str]] = set()
         self.attrs: dict[str, Any] = read_attrs(self.path)
         if "schema" not in self.attrs:
             raise InputError(f"store {self.path}: not an hpcsur dataset (no 'schema' attribute)")
@@ -98,7 +105,32 @@ class Dataset:
         if not (isinstance(start, (int, np.integer)) and isinstance(stop, (int, np.integer))
                 and 0 <= start <= stop <= self.n_frames):
             raise InputError(f"frames: need 0 <= start <= stop <= {self.n_frames}, got [{start}, {stop})")
-        return {name: self._arrays[name][start:stop] for name in self._names(arrays)}
+        names = self._names(arrays)
+        if self.verify and stop > start:
+            S = self.schema.frames_per_shard
+            for s in range(start // S, (stop - 1) // S + 1):
+                self._check_shard(s, names)
+        return {name: self._arrays[name][start:stop] for name in names}
+
+    def _check_shard(self, s: int, names: Sequence[str]) -> None:
+        """Compare shard ``s``'s files of ``names`` with its completion record (once per file)."""
+        todo = [n for n in names if (s, n) not in self._verified]
+        if not todo:
+            return
+        record = read_record(self.path, s)
+        if record is None:
+            return  # not complete: nothing is promised about it (reads give fill values)
+        for name in todo:
+            rel = shard_file(self.schema, name, s)
+            digest = file_digest(self.path / rel)
+            expected = record.files.get(name)
+            bad = (compare_digest(name, s, expected, FileDigest(rel, *(digest or (None, None))))
+                   if expected is not None else f"shard {s} array {name!r}: no checksum in its completion record")
+            if bad:
+                raise DataError(f"store {self.path}: {bad} -- the store is damaged; `hpcsur store verify "
+                                f"{self.path}` lists every problem (regenerate the shard with --resume after "
+                                "removing its progress record)")
+            self._verified.add((s, name))
 
     def frames(self, traj: int, start: int = 0, stop: int | None = None,
                arrays: Sequence[str] | None = None) -> dict[str, np.ndarray]:
@@ -140,8 +172,9 @@ class Dataset:
             yield s, self.shard(s, names)
 
 
-def open_dataset(path: str | os.PathLike) -> Dataset:
-    """Open a dataset for reading (InputError if ``path`` holds none)."""
+def open_dataset(path: str | os.PathLike, verify: bool = True) -> Dataset:
+    """Open a dataset for reading (InputError if ``path`` holds none); reads are verified against
+    the shards' checksums unless ``verify=False``."""
     if not (Path(path) / "zarr.json").is_file():
         raise InputError(f"store {path}: not a dataset (no zarr.json)")
-    return Dataset(path)
+    return Dataset(path, verify)

@@ -189,3 +189,61 @@ def test_missing_labels_in_an_encoded_store_are_refused(pp_store, tmp_path):
     with pytest.raises(InputError, match="loss lz needs array 'jf'"):
         train_latent(str(enc), tmp_path / "run", cfg.Split(validation=1, test=2),
                      cfg.Latent(equivalent_data=60, losses=["lz"]), cfg.Train(), init_backend("none"))
+
+
+@pytest.mark.mpi
+def test_damaged_shards_stop_train_ae_and_encode_with_one_line(pp_store, tmp_path):
+    """Readers check every shard file against its completion record before using it: a flipped byte
+    or a deleted chunk stops the stage with one line naming the shard and array, exit 2."""
+    import shutil
+
+    folder, store = pp_store
+    copy = tmp_path / "store"
+    shutil.copytree(store, copy)
+    job = write_job(tmp_path, "dmg", copy, tmp_path / "run")
+    assert run_cli("train-ae", str(job), "--backend", "none", "--no-progress").returncode == 0
+    target = copy / "x" / "c" / "3" / "0"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    for stage, extra in (("encode", []), ("train-ae", ["--backend", "none"])):
+        other = write_job(tmp_path, f"dmg-{stage}", copy, tmp_path / f"run-{stage}")
+        if stage == "encode":
+            shutil.copytree(tmp_path / "run" / "autoencoder", tmp_path / f"run-{stage}" / "autoencoder")
+        res = run_cli(stage, str(other), *extra, "--no-progress")
+        assert res.returncode == 2, res.stderr
+        lines = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+        assert len(lines) == 1 and "shard 3 array 'x'" in lines[0] and "altered" in lines[0], res.stderr
+        assert "Traceback" not in res.stderr
+    (copy / "f_full" / "c" / "5" / "0").unlink()
+    target.write_bytes(bytes(data[: len(data) // 2]))
+    res = run_cli("train-ae", str(write_job(tmp_path, "dmg2", copy, tmp_path / "run2")), "--backend", "none")
+    assert res.returncode == 2 and "shard 3 array 'x'" in res.stderr and "truncated" in res.stderr
+    report = subprocess.run([HPCSUR, "store", "verify", str(copy)], capture_output=True, text=True, timeout=120)
+    assert report.returncode != 0 and "2 problem(s)" in report.stdout + report.stderr
+
+
+class _Planted:
+    """A pickle that runs a command when unpickled without restrictions."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        import os
+
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(pp_store, tmp_path):
+    folder, store = pp_store
+    run = tmp_path / "run"
+    (run / "autoencoder").mkdir(parents=True)
+    marker = tmp_path / "pwned"
+    torch.save({"meta": {}, "payload": _Planted(marker)}, run / "autoencoder" / "checkpoint.pt")
+    job = write_job(tmp_path, "planted", store, run)
+    res = run_cli("train-ae", str(job), "--backend", "none", "--resume", "--no-progress")
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "checkpoint.pt: unreadable" in lines[0] and "Traceback" not in res.stderr
+    assert not marker.exists()

@@ -60,11 +60,11 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
     rows = {r["loss"]: r for r in report["rows"]}
     assert set(rows) == {"lz", "lx", "lxp"}
     assert rows["lz"]["train_frames"] == 60 and rows["lxp"]["train_frames"] == 240
-    # the ledger: L_z / L_x label all 40 coordinates of a frame, L_x,p 2 of 10 cells x 2 fields; the default
+    # the ledger: L_z / L_x label all 40 coordinates of a frame, L_x,p 5 of 20 cells x 2 fields; the default
     # protocol (validation-loss schedule and selection) also spends the forces of the 1 x 30 validation frames
     assert rows["lz"]["force_evaluations"] == {"per_frame": 40, "train_frames": 60, "train": 2400,
                                                "validation_frames": 30, "validation": 1200, "total": 3600}
-    assert rows["lxp"]["force_evaluations"]["train"] == 240 * 4 and rows["lxp"]["force_evaluations"]["validation"] == 30 * 4
+    assert rows["lxp"]["force_evaluations"]["train"] == 240 * 10 and rows["lxp"]["force_evaluations"]["validation"] == 30 * 10
     for row in report["runs"]:
         assert row["e_sq"] is not None and 0 < row["e_sq"] < 10
     assert len(report["runs"]) == 6
@@ -82,6 +82,26 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
     for stage in ("generate", "train-ae", "encode", "train-latent", "evaluate"):
         assert f"[run] {stage}: complete, skipped" in again.stdout
     assert json.loads((run / "report.json").read_text())["rows"] == report["rows"]
+
+    # a changed [autoencoder] makes train-ae and everything after it stale: --keep refuses in one line ...
+    job.write_text(JOB.format(root=tmp_path).replace("hidden = [16]", "hidden = [12]"))
+    kept = subprocess.run([HPCSUR, "run", str(job), "--keep"], capture_output=True, text=True, timeout=120)
+    assert kept.returncode == 2 and kept.stderr.count("\n") == 1, kept.stderr
+    assert "train-ae: its outputs were made from other spec fields (autoencoder.hidden)" in kept.stderr
+    # ... and a plain run redoes exactly those stages, not generate
+    redo = subprocess.run([HPCSUR, "run", str(job), "--workers", "1"], capture_output=True, text=True, timeout=600)
+    assert redo.returncode == 0, redo.stdout + redo.stderr
+    assert "[run] generate: complete, skipped" in redo.stdout
+    assert "[run] train-ae: inputs changed (autoencoder.hidden): redoing it" in redo.stdout
+    for stage in ("train-ae", "encode", "train-latent", "evaluate"):
+        assert f"[run] {stage}: exit 0" in redo.stdout
+    assert json.loads((run / "autoencoder" / "done.json").read_text())["label"] == "train-ae"
+    record = json.loads((run / "provenance" / "train-ae.json").read_text())["inputs"]
+    assert record["autoencoder.hidden"] == [12] and record["labels.p"] == 0.25
+    # a stage run by itself refuses outputs made from other fields
+    job.write_text(JOB.format(root=tmp_path).replace("hidden = [16]", "hidden = [12]").replace("epochs = 3", "epochs = 4"))
+    alone = subprocess.run([HPCSUR, "evaluate", str(job)], capture_output=True, text=True, timeout=120)
+    assert alone.returncode == 2 and "train-latent: the outputs in" in alone.stderr and "latent.epochs" in alone.stderr
 
 
 def test_run_rejects_an_unknown_stage(tmp_path):
