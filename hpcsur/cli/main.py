@@ -59,16 +59,16 @@ def main(argv=None) -> int:
         if _mpi_rank() == 0:  # under mpiexec every rank raises the same error: report it once
             print(f"hpcsur {args.command}: error: {err}", file=sys.stderr)
         return EXIT_INPUT
-    except (EnvironmentProblem, OSError) as err:
-        text = str(err) if isinstance(err, EnvironmentProblem) else _os_error_line(err)
-        print(f"hpcsur {args.command}: environment error{_rank_tag()}: {text}", file=sys.stderr)
-        _abort_other_ranks(quiet=True)
-        return EXIT_ENVIRONMENT
     except BrokenPipeError:  # e.g. `hpcsur validate job.toml | head`: the reader left, not an error
         import os
 
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+    except (EnvironmentProblem, OSError) as err:
+        text = str(err) if isinstance(err, EnvironmentProblem) else _os_error_line(err)
+        print(f"hpcsur {args.command}: environment error{_rank_tag()}: {text}", file=sys.stderr)
+        _abort_other_ranks(quiet=True)
+        return EXIT_ENVIRONMENT
     except KeyboardInterrupt:
         print(f"hpcsur {args.command}: interrupted", file=sys.stderr)
         return 130
@@ -92,10 +92,13 @@ def _rank_tag() -> str:
 
 
 def _mpi_rank() -> int:
-    """This process's rank in COMM_WORLD, 0 when MPI is not in use."""
+    """This process's rank: in COMM_WORLD, else from the launcher's environment (a torch.distributed
+    or Horovod stage under mpiexec / srun / torchrun may fail before MPI is initialised), else 0."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is None or not mpi.Is_initialized() or mpi.Is_finalized():
-        return 0
+        from hpcsur.log import env_rank
+
+        return env_rank()
     return mpi.COMM_WORLD.Get_rank()
 
 

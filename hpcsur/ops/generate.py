@@ -163,9 +163,23 @@ def prepare_store(spec: JobSpec, system, plan: Plan, comm, resume: bool):
     return lock, plan
 
 
-def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = True, stop_after_shards=None) -> dict:
+def preflight(spec: JobSpec, size: int, resume: bool, force: bool):
+    """The store path must be usable, and (unless ``force``) the job must fit disk and memory;
+    returns the estimate."""
+    from hpcsur.ops.preflight import check_fits, check_path, estimate
+
+    check_path(spec)
+    if force:
+        return estimate(spec, size)
+    existing = zstore.info(spec.store.path)["bytes_on_disk"] if resume and zstore.exists(spec.store.path) else 0
+    return check_fits(spec, size, existing)
+
+
+def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = True, stop_after_shards=None,
+             force: bool = False) -> dict:
     """Run the generate stage on communicator ``comm`` (all ranks call this). Returns a summary."""
     size, rank = comm.Get_size(), comm.Get_rank()
+    estimate = _rank0_check(comm, lambda: preflight(spec, size, resume, force))
     system = build_system(spec)
     plan = _rank0_check(comm, lambda: make_plan(spec, system, size))
     plan = comm.bcast(plan, root=0)
@@ -187,6 +201,8 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
              "%d frames per shard%s", spec.name, sim.trajectories, plan.frames_per_traj, plan.k,
              system.layout.n_blocks, "x".join(map(str, plan.grid)), plan.n_groups, plan.frames_per_shard,
              f", resuming ({len(done)} shards already complete)" if done else "")
+    if rank == 0:
+        log.info("pre-flight estimate: %s", "; ".join(estimate.lines()))
     written = 0
     t_start = time.perf_counter()
     for traj in my_trajs:

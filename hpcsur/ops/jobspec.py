@@ -25,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import tomllib
 from dataclasses import dataclass
@@ -104,16 +105,17 @@ class Distribution:
 
     @staticmethod
     def parse(value: Any, where: str) -> "Distribution":
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
             return Distribution(float(value), float(value))
         if isinstance(value, dict) and set(value) == {"uniform"}:
             bounds = value["uniform"]
             if (isinstance(bounds, list) and len(bounds) == 2
-                    and all(isinstance(b, (int, float)) and not isinstance(b, bool) for b in bounds)
+                    and all(isinstance(b, (int, float)) and not isinstance(b, bool) and math.isfinite(b)
+                            for b in bounds)
                     and bounds[0] <= bounds[1]):
                 return Distribution(float(bounds[0]), float(bounds[1]))
-        raise InputError(f"{where} = {value!r} is not a distribution; write a number or "
-                         "{ uniform = [low, high] } with low <= high")
+        raise InputError(f"{where} = {value!r} is not a distribution; write a finite number or "
+                         "{ uniform = [low, high] } with finite low <= high")
 
     def sample(self, u: float) -> float:
         """Map a uniform variate ``u`` in [0, 1) to the distribution."""
@@ -184,6 +186,13 @@ class Store:
     path: str = field(doc="zarr store directory; relative paths are relative to the job file's project")
     frames_per_shard: Optional[int] = field(None, ge=1)
     target_shard_mb: float = field(64.0, gt=0.0)
+
+    def validate(self, where: str) -> None:
+        if not self.path.strip() or Path(self.path).expanduser() in (Path("."), Path("..")) or self.path.strip() == "/":
+            raise InputError(f"{where} path = {self.path!r} is not allowed; name a folder of its own for the store "
+                             "(e.g. \"storage/my_job\"), not the current folder or the root")
+        if any(ord(ch) < 32 for ch in self.path):
+            raise InputError(f"{where} path = {self.path!r} contains a control character")
 
 
 @dataclass(frozen=True)
@@ -490,6 +499,20 @@ def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> J
     return spec
 
 
+def state_layout(spec: JobSpec) -> tuple[int, int]:
+    """(m, n): coordinates per block and blocks of the state, from the parameters alone (no system is
+    built, so absurd sizes can be refused before anything is allocated)."""
+    s = spec.system
+    return {"lennard_jones": lambda: (6, s.n_atoms), "allen_cahn": lambda: (1, s.n * s.n),
+            "predator_prey": lambda: (2, s.n)}[spec.kind]()
+
+
+def state_size(spec: JobSpec) -> int:
+    """N, the dimension of the microscopic state."""
+    m, n = state_layout(spec)
+    return m * n
+
+
 def _check_learning(spec: JobSpec) -> None:
     """Cross-section rules of the learning tables (each one line, before anything runs)."""
     src = spec.source
@@ -499,9 +522,11 @@ def _check_learning(spec: JobSpec) -> None:
         raise InputError(f"{src}: [split] validation + test = {spec.split.validation + spec.split.test} leaves "
                          f"no training trajectory of {n_traj}; allowed: validation + test < {n_traj}")
     n_obs = {"lennard_jones": 1, "allen_cahn": 1, "predator_prey": 2}[spec.kind]
-    if spec.autoencoder is not None and spec.autoencoder.latent_dim <= n_obs:
+    n_state = state_size(spec)
+    if spec.autoencoder is not None and not n_obs < spec.autoencoder.latent_dim <= n_state:
         raise InputError(f"{src}: [autoencoder] latent_dim = {spec.autoencoder.latent_dim} is out of range; "
-                         f"allowed: latent_dim > {n_obs} (the {n_obs} observable(s) plus at least one closure variable)")
+                         f"allowed: {n_obs} < latent_dim <= {n_state} (the {n_obs} observable(s) plus at least one "
+                         f"closure variable, at most the state dimension N = {n_state})")
     if spec.latent is not None:
         if "lz" in spec.latent.losses or "lx" in spec.latent.losses:
             if not spec.labels.full:
@@ -512,12 +537,18 @@ def _check_learning(spec: JobSpec) -> None:
 def load_job(path: str | Path) -> JobSpec:
     """Read and validate a job spec file."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{path}: is a folder, not a job spec file")
     if not path.is_file():
         raise InputError(f"{path}: job spec file not found")
     try:
-        tables = tomllib.loads(path.read_text())
+        tables = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise InputError(f"{path}: not a text file in UTF-8 (byte {err.start}); a job spec is TOML text") from None
     except tomllib.TOMLDecodeError as err:
         raise InputError(f"{path}: not valid TOML ({err})") from None
+    except OSError as err:
+        raise InputError(f"{path}: cannot be read ({err.strerror})") from None
     return parse_job(tables, source=str(path), name=path.stem)
 
 
@@ -529,5 +560,7 @@ def dump_job(spec: JobSpec) -> str:
 
 
 def with_store_path(spec: JobSpec, path: str) -> JobSpec:
-    """A copy of ``spec`` writing to another store path (``--output``)."""
-    return dataclasses.replace(spec, store=dataclasses.replace(spec.store, path=path))
+    """A copy of ``spec`` writing to another store path (``--output``), checked like [store] path."""
+    store = dataclasses.replace(spec.store, path=path)
+    store.validate(f"--output")
+    return dataclasses.replace(spec, store=store)

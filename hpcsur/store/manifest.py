@@ -36,12 +36,18 @@ _RECORD_PREFIX, _RECORD_SUFFIX = "shard-", ".json"
 def read_attrs(path: str | os.PathLike) -> dict[str, Any]:
     """The group attributes, read straight from ``zarr.json`` (no zarr needed)."""
     meta = Path(path) / "zarr.json"
+    if not Path(path).is_dir():
+        raise InputError(f"store {path}: not a dataset ({'a file' if Path(path).exists() else 'no such folder'})")
     try:
-        return dict(json.loads(meta.read_text()).get("attributes", {}))
+        data = json.loads(meta.read_text())
     except FileNotFoundError:
         raise InputError(f"store {path}: not a dataset (no zarr.json)") from None
-    except ValueError as exc:
-        raise InputError(f"store {path}: unreadable zarr.json ({exc})") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"store {path}: unreadable zarr.json ({type(exc).__name__})") from None
+    attrs = data.get("attributes", {}) if isinstance(data, dict) else None
+    if not isinstance(attrs, dict):
+        raise InputError(f"store {path}: zarr.json has no attributes table")
+    return dict(attrs)
 
 
 def read_schema(path: str | os.PathLike) -> DatasetSchema:
@@ -234,10 +240,17 @@ def consolidate(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def read_manifest(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The consolidated manifest, None when there is none; a torn or foreign one is one error line."""
     try:
-        return json.loads((Path(path) / MANIFEST_NAME).read_text())
+        manifest = json.loads((Path(path) / MANIFEST_NAME).read_text())
     except FileNotFoundError:
         return None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise InputError(f"store {path}: {MANIFEST_NAME} is unreadable ({type(exc).__name__}); remove it and run "
+                         "`hpcsur store verify` again (the per-shard records are the source of truth)") from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("shards"), dict):
+        raise InputError(f"store {path}: {MANIFEST_NAME} is not an hpcsur manifest (no shards table)")
+    return manifest
 
 
 # -- verification and summary ------------------------------------------------------------------

@@ -247,3 +247,15 @@ def test_a_planted_pickle_in_a_checkpoint_is_refused_and_never_runs(pp_store, tm
     lines = [line for line in res.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "checkpoint.pt: unreadable" in lines[0] and "Traceback" not in res.stderr
     assert not marker.exists()
+
+
+@pytest.mark.mpi
+@pytest.mark.parametrize("backend", ["ddp", "none"])
+def test_an_error_on_every_rank_is_printed_once(pp_store, tmp_path, backend):
+    folder, store = pp_store
+    job = write_job(tmp_path, "gone", tmp_path / "no-store", tmp_path / "run")
+    res = subprocess.run([MPIEXEC, "-n", "2", HPCSUR, "train-ae", str(job), "--backend", backend],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "does not exist; run `hpcsur generate` first" in errors[0], res.stderr

@@ -293,6 +293,16 @@ BAD_SPECS = {
     "grid_not_dividing": (3, AC.format(parallel=_parallel([2, 1])), "grid = [2, 1]"),
     "grid_too_fine": (2, pp_job(trajectories=2, n=3, grid=[2]), "does not fit"),
     "grid_wrong_length": (1, pp_job(trajectories=2, grid=[1, 1]), "grid = [1, 1]"),
+    # probes: a value that only fails later, and jobs that cannot fit (pre-flight, before writing)
+    "infinite_temperature": (1, LJ.format(parallel="").replace("temperature = 1.0",
+                                                               "temperature = { uniform = [0.5, inf] }"), "finite"),
+    "lj_1e11_atoms": (1, LJ.format(parallel="").replace('lattice = "fcc"\nn_atoms = 864',
+                                                        'lattice = "random"\nn_atoms = 100000000000'),
+                      "the store needs 14.6 TB"),
+    "pp_10M_trajectories": (1, pp_job(trajectories=10_000_000), "the store needs"),
+    "pp_2e63_trajectories": (1, pp_job(trajectories=2 ** 63 - 1), "the store needs"),
+    "latent_dim_above_N": (1, pp_job(trajectories=4) + "[split]\nvalidation = 1\ntest = 1\n[autoencoder]\nlatent_dim = 1000\n",
+                           "latent_dim = 1000 is out of range; allowed: 2 < latent_dim <= 100"),
 }
 
 
@@ -320,3 +330,47 @@ def test_existing_store_needs_resume(refs, tmp_path):
     assert "--resume" in error_line(res)
     after = load(store)
     assert all(np.array_equal(before[k], after[k]) for k in before)
+
+
+@pytest.mark.parametrize("output,needle", [
+    ("", "not allowed; name a folder of its own"),
+    (".", "not allowed; name a folder of its own"),
+    ("/dev/null/store", "is under /dev"),
+    ("/proc/hpcsur", "is under /proc"),
+    ("FILE", "is an existing file, not a folder"),
+])
+def test_unusable_store_paths_are_one_line_and_leave_nothing(tmp_path, monkeypatch, output, needle):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "FILE").write_text("x")
+    job = write_job(tmp_path, "pp", pp_job(trajectories=2))
+    res = subprocess.run([HPCSUR, "generate", str(job), "--output", output, "--no-progress"], capture_output=True,
+                         text=True, timeout=60)
+    assert res.returncode == 2 and needle in error_line(res), res.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["FILE", "pp.toml"]     # no .lock, no skeleton
+
+
+@pytest.mark.parametrize("content,needle", [
+    (b"\xff\xfe[system]\x00\x01", "not a text file in UTF-8"),
+    (bytes(range(256)), "not a text file in UTF-8"),
+    (None, "is a folder, not a job spec file"),
+])
+def test_unreadable_spec_files_are_one_line(tmp_path, content, needle):
+    path = tmp_path / "spec.toml"
+    if content is None:
+        path.mkdir()
+    else:
+        path.write_bytes(content)
+    res = hpcsur("validate", path)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1 and needle in res.stderr, res.stderr
+
+
+def test_store_verify_on_anything_is_one_line(refs, tmp_path):
+    (tmp_path / "file").write_text("not a store")
+    res = hpcsur("store", "verify", tmp_path / "file")
+    assert res.returncode == 2 and "not a dataset (a file)" in res.stderr and "Traceback" not in res.stderr
+    store = tmp_path / "store"
+    shutil.copytree(refs["pp"], store)
+    manifest = store / "manifest.json"
+    manifest.write_text(manifest.read_text()[: len(manifest.read_text()) // 2])
+    res = hpcsur("store", "verify", store)
+    assert res.returncode == 2 and "manifest.json is unreadable" in res.stderr and "Traceback" not in res.stderr
