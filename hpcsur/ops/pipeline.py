@@ -17,6 +17,8 @@ puts in sbatch scripts.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -100,6 +102,50 @@ def redo_stale(spec: JobSpec, chosen: list[str], keep: bool) -> None:
         redo = redo or (bool(fields) and stage in ("generate", "train-ae", "encode"))
 
 
+EXIT_STOPPED = 75   # EX_TEMPFAIL, as a training stage stopped by a signal: "resume me"
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
+
+
+def run_stage(cmd: list[str], grace: float = 120.0) -> tuple[int, int]:
+    """Run one stage in a process group of its own; returns (exit code, signal that stopped us or 0).
+
+    SIGTERM / SIGINT / SIGHUP to ``hpcsur run`` (Ctrl-C, ``kill``, ``scancel``, a campaign worker
+    going away) are forwarded to the whole group -- mpiexec, its proxies and every rank -- which
+    then stop as they do on their own signals (training checkpoints and exits 75, generation
+    leaves completed shards); after ``grace`` seconds the group is killed. Nothing outlives us.
+    """
+    received = []
+
+    def forward(signum, frame):
+        received.append(signum)
+        try:
+            os.killpg(proc.pid, signal.SIGTERM if signum == signal.SIGHUP else signum)
+        except ProcessLookupError:
+            pass
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
+    try:
+        deadline = None
+        while True:
+            try:
+                code = proc.wait(timeout=1.0)
+                break
+            except subprocess.TimeoutExpired:
+                if received and deadline is None:
+                    deadline = time.monotonic() + grace
+                if deadline is not None and time.monotonic() > deadline:
+                    os.killpg(proc.pid, signal.SIGKILL)
+        try:  # stragglers of the group (a rank that ignored the signal)
+            os.killpg(proc.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return code, (received[0] if received else 0)
+
+
 def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = None, backend: str | None = None,
                  stages: list[str] | None = None, keep: bool = False) -> int:
     """Run (or resume) the chain; returns the first non-zero exit code, or 0."""
@@ -124,8 +170,12 @@ def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = 
         print(f"[run] {stage}: {' '.join(Path(c).name if i < 3 and '/' in c else c for i, c in enumerate(cmd))}",
               flush=True)
         t0 = time.perf_counter()
-        code = subprocess.call(cmd)
+        code, stopped_by = run_stage(cmd)
         print(f"[run] {stage}: exit {code} after {time.perf_counter() - t0:.0f} s", flush=True)
+        if stopped_by:
+            print(f"[run] stopped by {signal.Signals(stopped_by).name} during {stage}; every stage process has ended "
+                  "and the state on disk is resumable: rerun `hpcsur run` to continue", file=sys.stderr, flush=True)
+            return EXIT_STOPPED
         if code != 0:
             print(f"[run] stopped: stage {stage} failed (exit {code}); fix it and rerun `hpcsur run` to resume",
                   file=sys.stderr, flush=True)

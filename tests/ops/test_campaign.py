@@ -436,3 +436,43 @@ def test_slurm_campaign_of_one_member(tmp_path):
     state = json.loads((tmp_path / "runs/pp/campaign.json").read_text())
     assert state["scheduler"] == "slurm" and state["members"][0]["status"] == "ok"
     assert list((tmp_path / "runs/pp/slurm-workers").glob("hpcsur-pp-*.err"))  # the worker ran as a Slurm job
+
+
+LEARNING = """
+[split]
+validation = 1
+test = 1
+[autoencoder]
+latent_dim = 4
+hidden = [8]
+epochs = 2
+batch = 16
+[latent]
+hidden = [8]
+losses = ["lxp"]
+equivalent_data = 4
+seeds = [1]
+epochs = 3000
+batch = 4
+[train]
+workers = 1
+"""
+
+
+def test_sigterm_to_a_whole_pipeline_campaign_leaves_no_process_and_it_resumes(tmp_path):
+    """SIGTERM to the driver of `campaign --stages all` stops the members' `hpcsur run` *and* the stage
+    each of them is running (no orphan training or evaluation), and a rerun finishes every member."""
+    job = write_job(tmp_path, 'sweep = {"initial.c" = [0.45, 0.55]}\nworkers = 2', sweep=False)
+    job.write_text(job.read_text().replace("trajectories = 2", "trajectories = 4") + LEARNING)
+    driver = subprocess.Popen([HPCSUR, "campaign", job.name, "--stages", "all", "--interval", "0.5"], cwd=tmp_path,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        _wait(lambda: list(tmp_path.glob("runs/pp-*/latent/*/curve.csv")), 240, "a member to train its latent model")
+    finally:
+        driver.send_signal(signal.SIGTERM)
+        out, _ = driver.communicate(timeout=120)
+    assert _wait(lambda: not _processes_in(tmp_path) or None, 60, "every campaign process to end"), out
+    res = hpcsur(tmp_path, "campaign", job.name, "--stages", "all", "--interval", "0.5", timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    for i in range(2):
+        assert (tmp_path / f"runs/pp-{i}/report.json").exists()

@@ -111,3 +111,44 @@ def test_run_rejects_an_unknown_stage(tmp_path):
                          timeout=60)
     assert res.returncode == 2 and "'train' is not a stage" in res.stderr
     assert not (tmp_path / "store").exists()
+
+
+def _alive_with(text: str) -> list:
+    import psutil
+
+    found = []
+    for p in psutil.process_iter(["cmdline"]):
+        try:
+            if any(text in part for part in (p.info["cmdline"] or [])):
+                found.append(p)
+        except psutil.Error:
+            pass
+    return found
+
+
+@pytest.mark.mpi
+def test_sigterm_to_run_stops_every_stage_process_and_a_rerun_finishes(tmp_path):
+    """SIGTERM to `hpcsur run` reaches mpiexec and every rank of the running stage (not just the
+    driver), nothing is left running, the exit code says "resume me", and a rerun completes."""
+    import signal
+    import time
+
+    job = tmp_path / "stop.toml"
+    job.write_text(JOB.format(root=tmp_path).replace("epochs = 3", "epochs = 400"))
+    proc = subprocess.Popen([HPCSUR, "run", str(job), "--ranks", "2", "--workers", "2"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "run" / "latent").glob("*/curve.csv")):
+        assert proc.poll() is None, proc.communicate()
+        time.sleep(0.2)
+    assert len([p for p in _alive_with(str(job)) if p.pid != proc.pid]) >= 2   # mpiexec and the ranks
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, out + err
+    assert "stopped by SIGTERM during train-latent" in err and "rerun `hpcsur run` to continue" in err
+    time.sleep(0.5)
+    assert _alive_with(str(job)) == []
+    again = subprocess.run([HPCSUR, "run", str(job), "--ranks", "2", "--workers", "2"], capture_output=True,
+                           text=True, timeout=600)
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert "[run] train-latent: exit 0" in again.stdout and (tmp_path / "run" / "report.json").exists()
