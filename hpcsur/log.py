@@ -124,6 +124,17 @@ def detect_launch(environ: Optional[Mapping[str, str]] = None) -> Launch:
     return Launch()
 
 
+#: Where every rank of a job runs on this one machine, MPICH's network modules (UCX or libfabric's
+#: tcp / sockets providers) listen on the loopback interface only, not on every interface.
+#: (Hydra's own control port still binds all interfaces: MPICH 5 has no option for it.)
+LOOPBACK_MPI = {"UCX_NET_DEVICES": "lo", "FI_TCP_IFACE": "lo", "FI_SOCKETS_IFACE": "lo"}
+
+
+def loopback_env(environ: Mapping[str, str]) -> dict[str, str]:
+    """``environ`` for an MPI job confined to this machine: :data:`LOOPBACK_MPI` unless set already."""
+    return {**LOOPBACK_MPI, **environ}
+
+
 def env_rank() -> int:
     """This process's rank according to the launcher (0 when not launched in parallel)."""
     return detect_launch().rank

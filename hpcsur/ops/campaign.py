@@ -71,6 +71,7 @@ from pathlib import Path
 from typing import Any, Iterator, Mapping, Optional
 
 from hpcsur.errors import InputError
+from hpcsur.log import loopback_env
 from hpcsur.ops.ensemble import member_spec, sweep_points
 from hpcsur.ops.jobspec import Campaign, JobSpec, check_dashboard, check_scheduler, dump_job
 from hpcsur.ops.slurm import sbatch_quote, slurm_filename
@@ -287,10 +288,11 @@ _LAUNCHER_VARS = ("PMI_", "PMIX_", "HYDI_", "MPI_LOCALNRANKS", "MPI_LOCALRANKID"
 
 
 def member_env(environ: Mapping[str, str]) -> dict[str, str]:
-    """The environment of a member subprocess (pure): launcher variables removed; inside a Slurm
-    job, MPICH's mpiexec starts the member's ranks on this node (fork) instead of via srun,
-    unless HYDRA_LAUNCHER / HYDRA_RMK are set already."""
-    env = {k: v for k, v in environ.items() if not k.startswith(_LAUNCHER_VARS)}
+    """The environment of a member subprocess (pure): launcher variables removed; MPI on the
+    loopback interface (a member's ranks share one node); inside a Slurm job, MPICH's mpiexec
+    starts the member's ranks on this node (fork) instead of via srun, unless HYDRA_LAUNCHER /
+    HYDRA_RMK are set already."""
+    env = loopback_env({k: v for k, v in environ.items() if not k.startswith(_LAUNCHER_VARS)})
     if "SLURM_JOB_ID" in environ:
         env.setdefault("HYDRA_LAUNCHER", "fork")
         env.setdefault("HYDRA_RMK", "user")

@@ -1,6 +1,6 @@
 """``hpcsur run``: the whole chain on this machine, one subprocess per stage, resuming finished stages.
 
-    generate      mpiexec -n R hpcsur generate JOB --resume
+    generate      mpiexec -n R hpcsur generate JOB --resume        (MPI on the loopback interface)
     train-ae      mpiexec -n W hpcsur train-ae JOB --resume       (W = [train] workers)
     encode        mpiexec -n R hpcsur encode JOB --resume
     train-latent  mpiexec -n W hpcsur train-latent JOB --resume
@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 from hpcsur.errors import InputError
+from hpcsur.log import loopback_env
 from hpcsur.ops.jobspec import JobSpec
 from hpcsur.ops.stages import encoded_path
 
@@ -123,7 +124,7 @@ def run_stage(cmd: list[str], grace: float = 120.0) -> tuple[int, int]:
         except ProcessLookupError:
             pass
 
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    proc = subprocess.Popen(cmd, start_new_session=True, env=loopback_env(os.environ))
     previous = {sig: signal.signal(sig, forward) for sig in STOP_SIGNALS}
     try:
         deadline = None

@@ -845,7 +845,9 @@ class PointFailed(Exception):
 
 
 def _subprocess_env() -> dict:
-    env = dict(os.environ)
+    from hpcsur.log import loopback_env
+
+    env = loopback_env(os.environ)   # the local runner: every rank on this machine
     for name in ("NUMBA_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         env.setdefault(name, "1")  # one core per rank: P ranks use P cores
     return env

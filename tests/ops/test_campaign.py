@@ -164,7 +164,9 @@ def test_member_command_and_environment():
     assert member_command(single, "py") == ["py", "-m", "hpcsur.cli.main", "run", "a.toml", "--ranks", "1"]
     parent = {"PATH": "/bin", "PMI_RANK": "2", "PMI_FD": "7", "HYDI_CONTROL_FD": "9", "MPI_LOCALRANKID": "2",
               "OMPI_COMM_WORLD_RANK": "2", "OMPI_MCA_btl": "self"}
-    assert member_env(parent) == {"PATH": "/bin", "OMPI_MCA_btl": "self"}
+    assert member_env(parent) == {"PATH": "/bin", "OMPI_MCA_btl": "self", "UCX_NET_DEVICES": "lo",
+                                  "FI_TCP_IFACE": "lo", "FI_SOCKETS_IFACE": "lo"}
+    assert member_env({"UCX_NET_DEVICES": "ib0"})["UCX_NET_DEVICES"] == "ib0"   # a user's choice stands
     in_slurm = member_env({"SLURM_JOB_ID": "5"})
     assert in_slurm["HYDRA_LAUNCHER"] == "fork" and in_slurm["HYDRA_RMK"] == "user"
     assert member_env({"SLURM_JOB_ID": "5", "HYDRA_LAUNCHER": "ssh"})["HYDRA_LAUNCHER"] == "ssh"

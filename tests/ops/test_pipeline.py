@@ -152,3 +152,33 @@ def test_sigterm_to_run_stops_every_stage_process_and_a_rerun_finishes(tmp_path)
                            text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "[run] train-latent: exit 0" in again.stdout and (tmp_path / "run" / "report.json").exists()
+
+
+@pytest.mark.mpi
+def test_local_mpi_stages_listen_on_loopback_only(tmp_path):
+    """The ranks of a stage `hpcsur run` starts accept connections on 127.0.0.1 only (the host's
+    external address is never used for a single-node job)."""
+    from hpcsur.log import loopback_env
+
+    probe = tmp_path / "probe.py"
+    probe.write_text(
+        "import os, subprocess, sys\n"
+        "from mpi4py import MPI\n"
+        "c = MPI.COMM_WORLD\n"
+        "c.Barrier()\n"
+        "out = subprocess.run(['ss', '-tlnpH'], capture_output=True, text=True).stdout\n"
+        "mine = [l.split()[3] for l in out.splitlines() if f'pid={os.getpid()},' in l]\n"
+        "print(c.Get_rank(), ' '.join(mine), flush=True)\n"
+        "c.Barrier()\n")
+    import os
+    import shutil
+
+    if shutil.which("ss") is None:
+        pytest.skip("ss (iproute2) is not installed")
+    mpiexec = str(Path(sys.executable).parent / "mpiexec")
+    res = subprocess.run([mpiexec, "-n", "2", sys.executable, str(probe)], capture_output=True, text=True,
+                         timeout=120, env=loopback_env(os.environ))
+    assert res.returncode == 0, res.stderr
+    listening = [addr for line in res.stdout.splitlines() for addr in line.split()[1:]]
+    own = [a for a in listening if not a.startswith("0.0.0.0:")]   # Hydra's inherited control socket aside
+    assert own and all(a.startswith("127.0.0.1:") for a in own), res.stdout
