@@ -553,7 +553,22 @@ def status(spec: JobSpec, workdir: str) -> dict:
     else:
         stores = [{"member": None, **store_progress(os.path.join(workdir, spec.store.path))}]
     return {"job": spec.name, "jobs_file": path, "submitted": sub["submitted"], "ensemble": sub.get("ensemble"),
-            "stages": stages, "stores": stores}
+            "stages": stages, "stores": stores, "provenance": stage_provenance(spec)}
+
+
+def stage_provenance(spec: JobSpec) -> dict[str, str]:
+    """Per pipeline stage: "current", "stale: <changed fields>" or "no outputs" (the spec's own run)."""
+    from hpcsur.ops import provenance
+
+    out = {}
+    for stage in provenance.STAGES:
+        if stage in ("train-latent", "evaluate") and spec.latent is None or stage in ("train-ae", "encode") \
+                and spec.autoencoder is None:
+            continue
+        fields = provenance.stale(spec, stage)
+        exists = any(p.exists() for p in provenance.stage_outputs(spec, stage))
+        out[stage] = f"stale: {provenance.short(fields)}" if fields else ("current" if exists else "no outputs")
+    return out
 
 
 def format_status(report: dict) -> str:
@@ -574,6 +589,8 @@ def format_status(report: dict) -> str:
          f"{s['frames_complete']}/{s['frames_total']}" if s["exists"] else "-",
          ("yes" if s["complete"] else "no") if s["exists"] else "not created yet")
         for s in report["stores"]])]
+    if report.get("provenance"):
+        lines += ["", *_table([("stage", "outputs vs. the spec")] + list(report["provenance"].items()))]
     return "\n".join(lines)
 
 

@@ -102,6 +102,12 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
     job.write_text(JOB.format(root=tmp_path).replace("hidden = [16]", "hidden = [12]").replace("epochs = 3", "epochs = 4"))
     alone = subprocess.run([HPCSUR, "evaluate", str(job)], capture_output=True, text=True, timeout=120)
     assert alone.returncode == 2 and "train-latent: the outputs in" in alone.stderr and "latent.epochs" in alone.stderr
+    from hpcsur.ops.jobspec import load_job
+    from hpcsur.ops.slurm import stage_provenance
+
+    assert stage_provenance(load_job(job)) == {"generate": "current", "train-ae": "current", "encode": "current",
+                                               "train-latent": "stale: latent.epochs",
+                                               "evaluate": "stale: latent.epochs"}
 
 
 def test_run_rejects_an_unknown_stage(tmp_path):

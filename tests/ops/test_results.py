@@ -75,3 +75,25 @@ def test_results_cli_bad_input_is_one_line(tmp_path):
     (tmp_path / "junk.json").write_bytes(b"\xff\xfe")
     res = subprocess.run([HPCSUR, "results", str(tmp_path / "junk.json")], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2 and "not a readable results file" in res.stderr
+
+
+def test_an_environment_failure_is_one_line_with_its_own_exit_code(monkeypatch, capsys, tmp_path):
+    """An operating-system error (here: disk full while writing results) is not bad input: exit 3."""
+    import errno
+
+    from hpcsur.cli.main import main
+    from hpcsur.ops import results
+
+    spec = load_job(ROOT / "jobs" / "predator_prey_paper.toml")
+    claim = tmp_path / "claim.json"
+    claim.write_text(json.dumps(build_results(spec, fake_report([("lz", 3000, 1.0, 2e-3)]))))
+    assert main(["results", str(claim)]) == 0
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device", "/data/README.md")
+
+    monkeypatch.setattr(results, "markdown_table", full)
+    capsys.readouterr()
+    code = main(["results", str(claim)])
+    err = capsys.readouterr().err
+    assert code == 3 and err.strip() == "hpcsur results: environment error: No space left on device: /data/README.md"
