@@ -274,8 +274,9 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
         if loss not in {key.split(" ")[0] for key in shown}:  # one model per loss in the trajectory plot
             shown[f"{loss} e{size} (seed {members[0].seed})"] = selected[0][2][..., :n_obs]
         per_sq, per_abs = [e[0] for e in selected], [e[1] for e in selected]
+        trained_with = sorted({(r.get("code") or {}).get("commit") or "unknown" for r in runs_out[-len(members):]})
         rows.append({"loss": loss, "equivalent_data": size, "train_frames": members[0].frames,
-                     "p": float(attrs["p_eff"]) if loss == "lxp" else 1.0,
+                     "p": float(attrs["p_eff"]) if loss == "lxp" else 1.0, "trained_with": trained_with,
                      "force_evaluations": force_evaluations(members[0], attrs, latent_cfg, n_val),
                      "e_abs": summarise(per_abs), "e_sq": summarise(per_sq), "seconds": seconds,
                      "curve": _curve([p for p in points if p])})

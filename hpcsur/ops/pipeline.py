@@ -97,6 +97,8 @@ def redo_stale(spec: JobSpec, chosen: list[str], keep: bool) -> None:
                                  f"({provenance.short(fields)}); rerun without --keep to redo {stage} and the "
                                  "stages after it")
             print(f"[run] {stage}: inputs changed ({provenance.short(fields)}): redoing it", flush=True)
+        elif not redo and provenance.unrecorded(spec, stage):
+            print(f"[run] {stage}: outputs without a provenance record (an older hpcsur): kept as they are", flush=True)
         if fields or redo:
             for path in provenance.clear(spec, stage, only_stale_runs=not redo):
                 print(f"[run]   removed {path}", flush=True)

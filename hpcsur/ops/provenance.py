@@ -72,10 +72,22 @@ def run_inputs(spec: JobSpec, loss: str, size: int, seed: int) -> dict[str, Any]
 
 
 def changed(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """The dotted keys whose values differ (a missing record: ["(no record)"])."""
+    """The dotted keys whose values differ. Outputs without a record (made before records existed)
+    have unknown provenance: they are kept, and say so (:func:`unrecorded`), not redone."""
     if old is None:
-        return ["(no provenance record)"]
+        return []
     return sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+
+
+def unrecorded(spec: JobSpec, stage: str) -> bool:
+    """True when ``stage`` has outputs but no provenance record (written by an older hpcsur)."""
+    if stage == "generate":
+        return Path(spec.store.path).exists() and store_inputs(spec.store.path) is None
+    if stage == "train-latent":
+        latent = Path(spec.run_dir) / "latent"
+        return latent.exists() and any(not (f / "inputs.json").exists() for f in latent.iterdir() if f.is_dir())
+    main = record_path(spec, stage)
+    return not main.exists() and any(p.exists() for p in stage_outputs(spec, stage) if p != main)
 
 
 def write_record(path: Path, inputs: dict[str, Any]) -> None:

@@ -567,7 +567,8 @@ def stage_provenance(spec: JobSpec) -> dict[str, str]:
             continue
         fields = provenance.stale(spec, stage)
         exists = any(p.exists() for p in provenance.stage_outputs(spec, stage))
-        out[stage] = f"stale: {provenance.short(fields)}" if fields else ("current" if exists else "no outputs")
+        out[stage] = (f"stale: {provenance.short(fields)}" if fields else "no outputs" if not exists
+                      else "unknown (no provenance record)" if provenance.unrecorded(spec, stage) else "current")
     return out
 
 
