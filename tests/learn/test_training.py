@@ -149,6 +149,11 @@ def test_checkpoint_from_another_model_is_one_clear_line(pp_store, tmp_path):
     (run / "latent" / "lxp-e60-s1" / "done.json").unlink()          # pretend it was interrupted
     other = write_job(tmp_path, "a", store, run, hidden=12)     # same run folder, another architecture
     res = run_cli("train-latent", str(other), "--loss", "lxp", "--backend", "none", "--resume", "--no-progress")
+    assert res.returncode == 2                                  # the provenance record names the change ...
+    errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(errors) == 1 and "made from other spec fields (latent.hidden)" in errors[0], res.stderr
+    (run / "latent" / "lxp-e60-s1" / "inputs.json").unlink()    # ... and without it (an older run) the checkpoint does
+    res = run_cli("train-latent", str(other), "--loss", "lxp", "--backend", "none", "--resume", "--no-progress")
     assert res.returncode == 2
     errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "was written for shape" in errors[0], res.stderr

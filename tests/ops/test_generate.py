@@ -269,7 +269,7 @@ def test_verify_names_damaged_shards(refs, tmp_path):
     shutil.copytree(refs["pp"], store)
     assert hpcsur("store", "verify", store).returncode == 0
     truncated = store / "x" / "c" / "0" / "0"
-    flipped = store / "f_partial" / "c" / "3" / "0" / "0"
+    flipped = store / "f_partial" / "c" / "3" / "0" / "0" / "0"   # frame, draw, block, coordinate
     assert truncated.is_file() and flipped.is_file(), sorted(p for p in (store / "f_partial").rglob("*"))
     truncated.write_bytes(truncated.read_bytes()[:-7])
     data = bytearray(flipped.read_bytes())
