@@ -22,7 +22,17 @@ unevenly the coordinates share J's row space,
     L_coh = mean over frames of  (N / d^2) sum_c l_c^2 - 1  >= 0,   l_c = J_c^T (J J^T)^{-1} J_c,
 
 zero exactly when every coordinate has the leverage d/N: uniform partial labels then sample the
-latent tangent space evenly (see :func:`hpcsur.learn.losses.leverage_scores`). Theorem 1 of the paper bounds L_z between b1 (L_x + C)
+latent tangent space evenly (see :func:`hpcsur.learn.losses.leverage_scores`). And
+(``lambda_tangent > 0``) a penalty on the part of the decoder's tangent space that lies outside the
+encoder's row space,
+
+    L_tan = mean over frames of  |(I - J^+ J) psi'(z)|_F^2 / |psi'(z)|_F^2,   J^+ J = J^T (J J^T)^{-1} J,
+
+zero when the encoder's fibres cross the data manifold (whose tangent space the decoder spans)
+orthogonally. L_x and L_x,p model f as J^+ g, i.e. they assume f lies in row(J); for dynamics on
+the manifold f lies in its tangent space, so L_tan is what makes that assumption true. It needs no
+forces. (Measured on Predator-Prey: a residual |f - J^+ J f|^2 of 24 % of |f|^2 makes the L_x,p labels
+ten times noisier than at 3 %; see ``hpcsur diagnose``.) Theorem 1 of the paper bounds L_z between b1 (L_x + C)
 and b2 (L_x + C) with [b1, b2] the spectrum of J J^T, which is why kappa -> 1 helps. With
 ``cond_rows = "closure"`` only the closure rows of J enter kappa (the reference does this for LJ).
 """
@@ -32,7 +42,7 @@ from dataclasses import dataclass
 
 import torch
 from torch import nn
-from torch.func import jacrev, vmap
+from torch.func import jacfwd, jacrev, vmap
 
 from hpcsur.learn.losses import leverage_scores
 from hpcsur.learn.nets import mlp
@@ -113,13 +123,23 @@ def coherence_penalty(j: torch.Tensor) -> torch.Tensor:
     return (n / d ** 2) * (lev * lev).sum(-1) - 1.0
 
 
+def tangent_penalty(model: ClosureAutoencoder, z: torch.Tensor, j: torch.Tensor) -> torch.Tensor:
+    """|(I - J^+ J) psi'(z)|_F^2 / |psi'(z)|_F^2 per frame (differentiable in both networks)."""
+    tangent = vmap(jacfwd(model.decode))(z)                                 # (B, N, d)
+    chol = torch.linalg.cholesky(j @ j.transpose(-1, -2))
+    outside = tangent - j.transpose(-1, -2) @ torch.cholesky_solve(j @ tangent, chol)
+    return (outside ** 2).sum((-2, -1)) / (tangent ** 2).sum((-2, -1))
+
+
 def autoencoder_loss(model: ClosureAutoencoder, x: torch.Tensor, lambda_cond: float,
-                     cond_rows: str = "all", lambda_coherence: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
-    """L_AE = L_rec + lambda_cond L_cond (+ lambda_coherence L_coh) on a batch; also returns the parts."""
+                     cond_rows: str = "all", lambda_coherence: float = 0.0,
+                     lambda_tangent: float = 0.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """L_AE = L_rec + lambda_cond L_cond (+ lambda_coherence L_coh + lambda_tangent L_tan) on a batch;
+    also returns the parts."""
     z = model.encode(x)
     rec = (((x - model.decode(z)) / model.x_std) ** 2).mean()
     loss, parts = rec, {"rec": float(rec.detach())}
-    if lambda_cond > 0 or lambda_coherence > 0:
+    if lambda_cond > 0 or lambda_coherence > 0 or lambda_tangent > 0:
         j = model.jacobian(x)
         if lambda_cond > 0:
             cond = ((condition_number(j[:, model.shape.n_obs:] if cond_rows == "closure" else j) - 1.0) ** 2).mean()
@@ -129,4 +149,8 @@ def autoencoder_loss(model: ClosureAutoencoder, x: torch.Tensor, lambda_cond: fl
             coh = coherence_penalty(j).mean()
             loss = loss + lambda_coherence * coh
             parts["coherence"] = float(coh.detach())
+        if lambda_tangent > 0:
+            tan = tangent_penalty(model, z, j).mean()
+            loss = loss + lambda_tangent * tan
+            parts["tangent"] = float(tan.detach())
     return loss, parts

@@ -58,6 +58,8 @@ class Autoencoder:
                                "of the state's fields, e.g. u and v), or none; auto: coordinate for the hpcsur "
                                "recipe, none for the reference's")
     lambda_coherence: float = field(0.0, ge=0.0, doc="weight of the leverage-coherence penalty L_coh (0: off)")
+    lambda_tangent: float = field(0.0, ge=0.0, doc="weight of the tangent-alignment penalty L_tan: the decoder's "
+                                                   "tangent space inside the encoder's row space (0: off)")
 
     @property
     def scaling(self) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from hpcsur.learn.autoencoder import tangent_penalty
 from hpcsur.learn.data import pieces
 from hpcsur.learn.losses import gram_cholesky, leverage_scores
 from hpcsur.store import open_dataset
@@ -28,8 +29,12 @@ def jacobian_diagnostics(ae, x: np.ndarray, x_std: np.ndarray | None = None) -> 
     lam = torch.linalg.eigvalsh(j @ j.transpose(-1, -2))
     lev = leverage_scores(j, chol).numpy()                              # (frames, N)
     d, n = j.shape[-2:]
+    with torch.no_grad():
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
+        tangent = tangent_penalty(ae, ae.encode(xt), j)
     out = {"frames": int(x.shape[0]), "N": int(n), "d": int(d),
            "kappa": {"mean": float((lam[:, -1] / lam[:, 0]).mean()), "max": float((lam[:, -1] / lam[:, 0]).max())},
+           "decoder_tangent_residual": {"mean": float(tangent.mean()), "max": float(tangent.max())},
            "coherence": {"mean": float((lev.max(1) * n / d).mean()), "max": float((lev.max(1) * n / d).max())},
            "leverage_max_over_mean": float((lev.mean(0).max()) / (d / n))}
     if x_std is not None:
@@ -46,10 +51,14 @@ def encoding_diagnostics(encoded: str, frame_range: tuple[int, int]) -> dict:
     * ``kappa``: cond(J J^T) (mean, max); ``coherence``: (N/d) max_c leverage_c (mean, max);
     * ``label_noise`` per draw (full labels only): eta = sum ||y - R J f||^2 / sum ||R (J f - mean J f)||^2
       with (R, y) the L_x,p triple -- the L_x,p loss of the exact latent velocity J f relative to the
-      variation a model has to learn: the share of the partial-label signal that is sampling noise.
+      variation a model has to learn: the share of the partial-label signal that is sampling noise;
+    * ``tangent_residual`` (full labels only): sum |f - J^+ J f|^2 / sum |f|^2, the share of the force
+      outside the encoder's row space. The noise of L_x,p is exactly this residual seen through the
+      sampled rows (y - R J f = Q^T (f - J^+ J f)_I), so it is what makes partial labels noisy; L_z,
+      which sees only J f, is blind to it.
     """
     dataset = open_dataset(encoded)
-    names = [n for n in ("kappa", "coherence", "jf", "lxp_R", "lxp_y") if n in dataset.schema.arrays()]
+    names = [n for n in ("kappa", "coherence", "jf", "lxp_R", "lxp_y", "lx_y", "lx_r2") if n in dataset.schema.arrays()]
     blocks = []
     for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard).items()):
         arrays = dataset.shard(s, names)
@@ -68,4 +77,6 @@ def encoding_diagnostics(encoded: str, frame_range: tuple[int, int]) -> dict:
             signal = np.einsum("fij,fj->fi", r, jf - jf.mean(0))
             noise.append(float((resid ** 2).sum() / (signal ** 2).sum()))
         out["label_noise"] = noise
+        # the share of |f|^2 outside the encoder's tangent space row(J): r2 of L_x = |f - J^+ J f|^2
+        out["tangent_residual"] = float(cat["lx_r2"].mean() / (cat["lx_r2"] + (cat["lx_y"] ** 2).sum(-1)).mean())
     return out

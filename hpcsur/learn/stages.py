@@ -35,13 +35,15 @@ log = logging.getLogger("hpcsur.learn")
 class AutoencoderLoss(nn.Module):
     """forward(batch) = (L_AE, parts) for the frames ``batch["x"]``."""
 
-    def __init__(self, model: ClosureAutoencoder, lambda_cond: float, cond_rows: str, lambda_coherence: float = 0.0):
+    def __init__(self, model: ClosureAutoencoder, lambda_cond: float, cond_rows: str, lambda_coherence: float = 0.0,
+                 lambda_tangent: float = 0.0):
         super().__init__()
         self.model, self.lambda_cond, self.cond_rows = model, lambda_cond, cond_rows
-        self.lambda_coherence = lambda_coherence
+        self.lambda_coherence, self.lambda_tangent = lambda_coherence, lambda_tangent
 
     def forward(self, batch):
-        return autoencoder_loss(self.model, batch["x"], self.lambda_cond, self.cond_rows, self.lambda_coherence)
+        return autoencoder_loss(self.model, batch["x"], self.lambda_cond, self.cond_rows, self.lambda_coherence,
+                                self.lambda_tangent)
 
 
 class LatentLoss(nn.Module):
@@ -71,6 +73,8 @@ def autoencoder_meta(shape: AutoencoderShape, source_hash: str, ae: cfg.Autoenco
         meta["scaling"] = ae.scaling
     if ae.lambda_coherence > 0:
         meta["lambda_coherence"] = ae.lambda_coherence
+    if ae.lambda_tangent > 0:
+        meta["lambda_tangent"] = ae.lambda_tangent
     return meta
 
 
@@ -142,8 +146,8 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     log.info("train-ae: %d training frames (%s), %d validation, d = %d, %d worker(s) [%s], %s",
              g1 - g0, "streaming" if train_stream.streaming else "in memory",
              val_stream.n_frames, ae.latent_dim, backend.size, backend.name, out)
-    return fit(AutoencoderLoss(model, ae.lambda_cond, ae.cond_rows, ae.lambda_coherence), train_stream, val_stream,
-               backend, out,
+    return fit(AutoencoderLoss(model, ae.lambda_cond, ae.cond_rows, ae.lambda_coherence, ae.lambda_tangent),
+               train_stream, val_stream, backend, out,
                config, meta, resume=resume, label="train-ae", show_progress=show_progress)
 
 

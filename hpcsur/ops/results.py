@@ -34,8 +34,10 @@ def protocol(spec: JobSpec, report: dict) -> dict:
         "latent_model": latent.model, "latent_hidden": list(latent.hidden), "latent_activation": latent.activation,
         "lr": latent.lr, "batch": latent.batch, "patience": latent.patience, "min_lr": latent.min_lr,
         "weight_decay": latent.weight_decay,
-        "autoencoder": {"recipe": ae.recipe, "latent_dim": ae.latent_dim, "hidden": list(ae.hidden),
-                        "lambda_cond": ae.lambda_cond, "epochs": ae.epochs, "lr": ae.lr},
+        "autoencoder": {"recipe": ae.recipe, "normalise": ae.scaling, "latent_dim": ae.latent_dim,
+                        "hidden": list(ae.hidden), "lambda_cond": ae.lambda_cond,
+                        "lambda_coherence": ae.lambda_coherence, "lambda_tangent": ae.lambda_tangent,
+                        "epochs": ae.epochs, "lr": ae.lr},
         "draws": spec.labels.draws, "test_trajectories": len(report["test_trajectories"]),
         "validation_trajectories": spec.split.validation, "substeps": report["substeps"], "metric": METRIC,
     }

@@ -151,7 +151,8 @@ def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     x = np.stack([dataset.global_frames(int(g), int(g) + 1, ["x"])["x"][0] for g in picks])
     _, x_std, _ = frame_moments(spec.store.path, "x", (g0, g1))
     out = {"job": spec.name, "autoencoder": {"recipe": ae.recipe, "scaling": ae.scaling,
-                                             "lambda_cond": ae.lambda_cond, "lambda_coherence": ae.lambda_coherence},
+                                             "lambda_cond": ae.lambda_cond, "lambda_coherence": ae.lambda_coherence,
+                                             "lambda_tangent": ae.lambda_tangent},
            "jacobian": jacobian_diagnostics(load_autoencoder(spec.store.path, Path(spec.run_dir), ae), x, x_std)}
     if spec.latent is not None and store.exists(encoded_path(spec)):
         enc = store.open_dataset(encoded_path(spec))

@@ -268,3 +268,35 @@ def test_the_coherence_penalty_spreads_the_encoders_leverage():
         out[lam] = (float(coherence(ae.jacobian(x).detach()).mean()), parts["rec"])
     assert out[1.0][0] < 1.2 < 1.6 < out[0.0][0]
     assert out[1.0][1] < 1.1 * out[0.0][1]
+
+
+def test_the_tangent_penalty_puts_the_decoders_tangent_space_into_the_encoders_row_space():
+    """With per-coordinate scaling the encoder's fibres are oblique to the data manifold in the raw metric
+    L_x uses; L_tan makes them orthogonal (the residual drops ~100x) at almost no reconstruction cost.
+    The penalty itself: 0 when psi'(z) lies in row(J), against an explicit projector otherwise."""
+    from hpcsur.learn.autoencoder import tangent_penalty
+
+    x = torch.rand(256, 40, generator=torch.Generator().manual_seed(0))
+    out = {}
+    for lam in (0.0, 1.0):
+        torch.manual_seed(1)
+        ae = ClosureAutoencoder(AutoencoderShape(40, 2, 4, (16,), "softplus"), observable_from_attrs(
+            {"system": "predator_prey", "params": {"n": 20}, "layout": {}}))
+        ae.set_normalisation(x.mean(0), x.std(0) * torch.linspace(0.2, 3.0, 40), torch.zeros(2), torch.ones(2))
+        opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
+        for _ in range(200):
+            loss, parts = autoencoder_loss(ae, x, 1e-6, "all", 0.0, lam)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        j = ae.jacobian(x).detach()
+        out[lam] = (float(tangent_penalty(ae, ae.encode(x), j).mean().detach()), parts["rec"])
+        if lam == 1.0:
+            from torch.func import jacfwd, vmap
+
+            tangent = vmap(jacfwd(ae.decode))(ae.encode(x[:4])).detach().numpy()
+            proj = np.stack([np.linalg.pinv(a) @ a for a in j[:4].numpy()])
+            ref = [np.sum((t - p @ t) ** 2) / np.sum(t ** 2) for t, p in zip(tangent, proj)]
+            assert np.allclose(tangent_penalty(ae, ae.encode(x[:4]), j[:4]).detach().numpy(), ref, rtol=1e-6)
+    assert out[1.0][0] < 0.03 * out[0.0][0] and out[0.0][0] > 0.1
+    assert out[1.0][1] < 1.1 * out[0.0][1]
