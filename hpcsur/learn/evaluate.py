@@ -193,6 +193,42 @@ def write_report(path: Path, report: dict) -> None:
     tmp.replace(path)
 
 
+def score_row(members, attrs, run_dir: Path, latent_cfg, z_true, t, substeps: int, n_obs: int):
+    """Every seed's selected model and all its snapshots of one (loss, size) row, rolled out together:
+    per seed (e_sq, e_abs, prediction) of the selected model and the snapshots' [{epoch, e_sq, e_abs}]."""
+    from hpcsur.learn.stages import latent_model, load_latent, run_meta
+    from hpcsur.learn.train import load_snapshots
+
+    models, owners = [], []
+    for i, run in enumerate(members):
+        models.append(load_latent(attrs, run_dir, latent_cfg, run))
+        owners.append((i, None))
+        for epoch, state in load_snapshots(run_dir / "latent" / run.name, run_meta(attrs, latent_cfg, run)):
+            models.append(latent_model(attrs, latent_cfg, state))
+            owners.append((i, epoch))
+    selected, points = [None] * len(members), [[] for _ in members]
+    for (i, epoch), pred in zip(owners, rollout_many(models, z_true, t, substeps)):
+        e_sq, e_abs = (float(np.mean(e)) for e in trajectory_errors(pred[..., :n_obs], z_true[..., :n_obs]))
+        if epoch is None:
+            selected[i] = (e_sq, e_abs, pred)
+        else:
+            points[i].append({"epoch": epoch, "e_sq": e_sq, "e_abs": e_abs})
+    return selected, points
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _read_curve(path: Path) -> list[dict]:
+    import csv
+
+    if not path.exists():
+        return []
+    with open(path) as fh:
+        return [{k: float(v) for k, v in row.items()} for row in csv.DictReader(fh)]
+
+
 def force_evaluations(run, attrs: dict, latent_cfg, n_validation_frames: int) -> dict:
     """The force-cost ledger of one latent model: labelled coordinates x frames, for training and for
     the validation loss when the protocol uses it (rollout selection needs no forces)."""
@@ -220,12 +256,9 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
                  sizes=None) -> dict:
     """Roll out every trained (loss, size, seed) model on the test trajectories, and every snapshot
     for the error-vs-epoch curves; write report.json and plots."""
-    import csv
-
     from hpcsur.learn.data import split_of
     from hpcsur.learn.diagnostics import encoding_diagnostics
-    from hpcsur.learn.stages import latent_model, latent_runs, load_latent, run_meta
-    from hpcsur.learn.train import load_snapshots
+    from hpcsur.learn.stages import latent_runs
 
     run_dir = Path(run_dir)
     dataset = open_dataset(encoded)
@@ -241,45 +274,22 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
         groups.setdefault((run.loss, run.size), []).append(run)
     rows, runs_out, shown, curves = [], [], {}, {}
     for (loss, size), members in groups.items():
-        # every seed's selected model and snapshots of this row, rolled out together
-        models, owners = [], []
-        for i, run in enumerate(members):
-            models.append(load_latent(attrs, run_dir, latent_cfg, run))
-            owners.append((i, None))
-            for epoch, state in load_snapshots(run_dir / "latent" / run.name, run_meta(attrs, latent_cfg, run)):
-                models.append(latent_model(attrs, latent_cfg, state))
-                owners.append((i, epoch))
-        preds = rollout_many(models, z_true, t, eval_cfg.substeps)
-        selected = [None] * len(members)
-        points = [[] for _ in members]
-        for (i, epoch), pred in zip(owners, preds):
-            e_sq, e_abs = trajectory_errors(pred[..., :n_obs], z_true[..., :n_obs])
-            if epoch is None:
-                selected[i] = (float(np.mean(e_sq)), float(np.mean(e_abs)), pred)
-            else:
-                points[i].append({"epoch": epoch, "e_sq": float(np.mean(e_sq)), "e_abs": float(np.mean(e_abs))})
-        seconds = []
-        for run, (e_sq, e_abs, pred), pts in zip(members, selected, points):
-            folder = run_dir / "latent" / run.name
-            done = json.loads((folder / "done.json").read_text()) if (folder / "done.json").exists() else {}
-            seconds.append(done.get("seconds"))
+        selected, points = score_row(members, attrs, run_dir, latent_cfg, z_true, t, eval_cfg.substeps, n_obs)
+        done = [_read_json(run_dir / "latent" / run.name / "done.json") for run in members]
+        for run, (e_sq, e_abs, _), pts, info in zip(members, selected, points, done):
             runs_out.append({"loss": loss, "equivalent_data": size, "seed": run.seed, "draw": run.draw,
                              "train_frames": run.frames, "e_sq": e_sq, "e_abs": e_abs,
-                             "selected_epoch": done.get("best_epoch"), "seconds": done.get("seconds"),
-                             "code": done.get("code"), "snapshots": pts})
-            curve_file = folder / "curve.csv"
-            if curve_file.exists():
-                with open(curve_file) as fh:
-                    curves[run.name] = [{k_: float(v) for k_, v in row.items()} for row in csv.DictReader(fh)]
+                             "selected_epoch": info.get("best_epoch"), "seconds": info.get("seconds"),
+                             "code": info.get("code"), "snapshots": pts})
+            curves[run.name] = _read_curve(run_dir / "latent" / run.name / "curve.csv")
         if loss not in {key.split(" ")[0] for key in shown}:  # one model per loss in the trajectory plot
             shown[f"{loss} e{size} (seed {members[0].seed})"] = selected[0][2][..., :n_obs]
-        per_sq, per_abs = [e[0] for e in selected], [e[1] for e in selected]
-        trained_with = sorted({(r.get("code") or {}).get("commit") or "unknown" for r in runs_out[-len(members):]})
         rows.append({"loss": loss, "equivalent_data": size, "train_frames": members[0].frames,
-                     "p": float(attrs["p_eff"]) if loss == "lxp" else 1.0, "trained_with": trained_with,
+                     "p": float(attrs["p_eff"]) if loss == "lxp" else 1.0,
+                     "trained_with": sorted({(i.get("code") or {}).get("commit") or "unknown" for i in done}),
                      "force_evaluations": force_evaluations(members[0], attrs, latent_cfg, n_val),
-                     "e_abs": summarise(per_abs), "e_sq": summarise(per_sq), "seconds": seconds,
-                     "curve": _curve([p for p in points if p])})
+                     "e_abs": summarise([e[1] for e in selected]), "e_sq": summarise([e[0] for e in selected]),
+                     "seconds": [i.get("seconds") for i in done], "curve": _curve([p for p in points if p])})
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     files = {"observables": plots / "observables.png", "loss_curves": plots / "loss_curves.png",
