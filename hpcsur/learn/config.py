@@ -60,6 +60,10 @@ class Autoencoder:
     lambda_coherence: float = field(0.0, ge=0.0, doc="weight of the leverage-coherence penalty L_coh (0: off)")
     lambda_tangent: float = field(0.0, ge=0.0, doc="weight of the tangent-alignment penalty L_tan: the decoder's "
                                                    "tangent space inside the encoder's row space (0: off)")
+    right_inverse: str = field("pinv", choices=("pinv", "decoder"),
+                               doc="the right inverse P of J in L_x = |f - P g|^2 and L_x,p (used by encode): the "
+                                   "paper's Moore-Penrose J^+, or the decoder's Jacobian psi'(z), which spans the "
+                                   "data manifold's tangent space")
 
     @property
     def scaling(self) -> str:

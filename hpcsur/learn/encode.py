@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.func import jacfwd, vmap
 
 from hpcsur import store as zstore
 from hpcsur.errors import InputError
@@ -41,9 +42,16 @@ def layout_of(attrs: dict) -> Layout:
 
 
 def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.ndarray, f_partial: np.ndarray,
-                 f_full: np.ndarray | None = None) -> dict[str, np.ndarray]:
+                 f_full: np.ndarray | None = None, right_inverse: str = "pinv") -> dict[str, np.ndarray]:
     """The encoded arrays of a block of frames (float64 throughout). ``idx`` is (frames, draws, k),
-    ``f_partial`` (frames, draws, k, m); the partial-label outputs keep the draw axis."""
+    ``f_partial`` (frames, draws, k, m); the partial-label outputs keep the draw axis.
+
+    ``right_inverse`` is the N x d matrix P(x) that maps a latent velocity g to the microscopic one
+    in L_x = |f - P g|^2 and L_x,p = (1/p) |f_I - P_I g|^2: ``pinv``, the Moore-Penrose inverse
+    J^+ = J^T (J J^T)^{-1} of the paper, or ``decoder``, the decoder's Jacobian psi'(phi(x)) -- also a
+    right inverse of J wherever phi(psi(z)) = z, and one whose columns span the data manifold's
+    tangent space, in which the dynamics moves (``hpcsur diagnose`` measures how much of f each
+    leaves outside; that residual is what makes partial labels noisy)."""
     frames, n_state = x.shape
     d = ae.shape.latent_dim
     draws, k = idx.shape[1:]
@@ -60,11 +68,14 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
             with torch.enable_grad():
                 j = ae.jacobian(xt).detach()
             chol = gram_cholesky(j)
+            tangent = vmap(jacfwd(ae.decode))(z) if right_inverse == "decoder" else None   # (B, N, d)
             per_draw = {name: [] for name in ("lxp_R", "lxp_y", "lxp_r2", "jf_est")}
             for draw in range(draws):
                 cols = torch.from_numpy(np.stack([layout.coordinates(i).reshape(-1) for i in idx[a:b, draw]]))
                 f_i = torch.from_numpy(np.ascontiguousarray(f_partial[a:b, draw], dtype=np.float64).reshape(b - a, -1))
-                r, y, r2 = residual_triple(partial_pinv_rows(j, cols, chol), f_i)
+                rows = (partial_pinv_rows(j, cols, chol) if tangent is None
+                        else torch.gather(tangent, -2, cols.unsqueeze(-1).expand(b - a, cols.shape[-1], d)))
+                r, y, r2 = residual_triple(rows, f_i)
                 j_i = torch.gather(j, -1, cols.unsqueeze(-2).expand(b - a, d, cols.shape[-1]))
                 for name, value in (("lxp_R", r), ("lxp_y", y), ("lxp_r2", r2),
                                     ("jf_est", scale * (j_i @ f_i.unsqueeze(-1)).squeeze(-1))):
@@ -78,6 +89,8 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
             if f_full is not None:
                 f = torch.from_numpy(np.ascontiguousarray(f_full[a:b], dtype=np.float64))
                 r_x, y_x, r2_x, jf = full_triple(j, f, chol)
+                if tangent is not None:
+                    r_x, y_x, r2_x = residual_triple(tangent, f)
                 out["jf"].append(jf)
                 out["lx_R"].append(r_x)
                 out["lx_y"].append(y_x)
@@ -95,7 +108,7 @@ def model_digest(state_dict: dict) -> str:
 
 
 def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume: bool = False,
-                 show_progress: bool = True) -> dict:
+                 show_progress: bool = True, right_inverse: str = "pinv") -> dict:
     """Encode every frame of ``source`` into ``target`` (all ranks of ``comm`` call this)."""
     rank, size = comm.Get_rank(), comm.Get_size()
     ae = ae.double().eval()
@@ -108,7 +121,7 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
     attrs.update({"source": str(Path(source).resolve()), "source_spec_hash": src.attrs["spec_hash"],
                   "autoencoder": digest, "latent_dim": ae.shape.latent_dim, "n_obs": ae.shape.n_obs,
                   "observables": src.attrs.get("observables", []), "k": src.schema.k, "draws": src.schema.draws,
-                  "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"])})
+                  "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"]), "right_inverse": right_inverse})
     schema = src.schema.encoded(ae.shape.latent_dim)
     error, lock = None, None
     if rank == 0:
@@ -136,7 +149,8 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
     names = ["x", "idx", "f_partial", "t", "traj"] + (["f_full"] if schema.full_labels else [])
     for s in todo:
         block = src.shard(s, names)
-        encoded = encode_block(ae, layout, block["x"], block["idx"], block["f_partial"], block.get("f_full"))
+        encoded = encode_block(ae, layout, block["x"], block["idx"], block["f_partial"], block.get("f_full"),
+                               right_inverse)
         writer.write(s, {"t": block["t"], "traj": block["traj"], **encoded})
         progress.update(schema.frames_per_shard * size)
     progress.close()

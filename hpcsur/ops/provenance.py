@@ -4,8 +4,8 @@ Each stage depends on the resolved spec fields below *and on everything its inpu
 (so a change upstream makes every later stage stale):
 
     generate      [system] [simulation] [initial] [labels]                  (recorded in the store's attributes)
-    train-ae      + [autoencoder] [split]                                   <run>/provenance/train-ae.json
-    encode        (the autoencoder's inputs)                                <run>/provenance/encode.json
+    train-ae      + [autoencoder] (but right_inverse) [split]              <run>/provenance/train-ae.json
+    encode        + [autoencoder] right_inverse                             <run>/provenance/encode.json
     train-latent  + [latent] (its own loss, size, seed), [evaluate] substeps
                     when models are selected by validation rollouts         <run>/latent/<name>/inputs.json
     evaluate      + [latent] [evaluate]                                     <run>/provenance/evaluate.json
@@ -57,7 +57,9 @@ def stage_inputs(spec: JobSpec, stage: str) -> dict[str, Any]:
     if stage == "generate":
         return data
     ae = {**data, **_tables(spec, ("autoencoder", "split"))}
-    if stage in ("train-ae", "encode"):
+    if stage == "train-ae":   # the right inverse is chosen at encoding; the trained weights do not depend on it
+        return {k: v for k, v in ae.items() if k != "autoencoder.right_inverse"}
+    if stage == "encode":
         return ae
     return {**ae, **_tables(spec, ("latent", "evaluate"))}
 
@@ -68,7 +70,7 @@ def run_inputs(spec: JobSpec, loss: str, size: int, seed: int) -> dict[str, Any]
               if k.split(".")[1] not in RUN_SELECTORS}
     own = {"run.loss": loss, "run.equivalent_data": size, "run.seed": seed}
     rollout = {"evaluate.substeps": spec.evaluate.substeps} if spec.latent.select == "val_rollout" else {}
-    return {**stage_inputs(spec, "train-ae"), **latent, **own, **rollout}
+    return {**stage_inputs(spec, "encode"), **latent, **own, **rollout}
 
 
 def changed(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:

@@ -37,6 +37,7 @@ def protocol(spec: JobSpec, report: dict) -> dict:
         "autoencoder": {"recipe": ae.recipe, "normalise": ae.scaling, "latent_dim": ae.latent_dim,
                         "hidden": list(ae.hidden), "lambda_cond": ae.lambda_cond,
                         "lambda_coherence": ae.lambda_coherence, "lambda_tangent": ae.lambda_tangent,
+                        "right_inverse": ae.right_inverse,
                         "epochs": ae.epochs, "lr": ae.lr},
         "draws": spec.labels.draws, "test_trajectories": len(report["test_trajectories"]),
         "validation_trajectories": spec.split.validation, "substeps": report["substeps"], "metric": METRIC,
@@ -89,7 +90,9 @@ def markdown_table(results: list[dict]) -> str:
              "|---|---|---|---|---|---|---|---|---|"]
     for res in results:
         pr = res["protocol"]
-        proto = (f"{pr['latent_model']}, AE {pr['autoencoder']['recipe']}, {pr['epochs']} ep, "
+        ri = pr["autoencoder"].get("right_inverse", "pinv")
+        proto = (f"{pr['latent_model']}, AE {pr['autoencoder']['recipe']}"
+                 f"{', right inverse ' + ri if ri != 'pinv' else ''}, {pr['epochs']} ep, "
                  f"{len(pr['seeds'])} seeds, LR on {pr['schedule_on']}, select {pr['select']}")
         for row in res["rows"]:
             fe = row["force_evaluations"]

@@ -80,7 +80,8 @@ def encode(spec: JobSpec, comm, resume: bool = False, progress: bool = True) -> 
     if comm.Get_rank() == 0:
         provenance.record_stage(spec, "encode")
     model = load_autoencoder(spec.store.path, Path(spec.run_dir), ae)
-    return encode_store(spec.store.path, encoded_path(spec), model, comm, resume=resume, show_progress=progress)
+    return encode_store(spec.store.path, encoded_path(spec), model, comm, resume=resume, show_progress=progress,
+                        right_inverse=ae.right_inverse)
 
 
 def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, backend: str | None = None,

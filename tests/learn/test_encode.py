@@ -73,3 +73,34 @@ def test_encoding_is_identical_on_one_and_two_ranks(pp_store, tmp_path):
     for name in arrays:
         assert np.array_equal(arrays[name], ref_arrays[name]), name
     assert zstore.verify(tmp_path / "run2" / "run" / "encoded").ok
+
+
+def test_the_decoder_right_inverse_gives_the_triples_of_the_decoders_jacobian():
+    """With right_inverse = "decoder" the L_x / L_x,p triples represent |f - psi'(z) g|^2 and
+    (per draw) |f_I - psi'(z)_I g|^2, psi' checked by central differences of the decoder; L_z's J f
+    is unchanged."""
+    torch.manual_seed(2)
+    n_cells, k, draws = 6, 2, 2
+    layout = Layout(2, n_cells, ("u", "v"))
+    ae = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), predator_prey_means(n_cells)).double()
+    rng = np.random.default_rng(3)
+    x = rng.uniform(0.2, 0.8, size=(5, 12))
+    f_full = rng.standard_normal((5, 12))
+    idx = np.sort(np.stack([[rng.choice(n_cells, k, replace=False) for _ in range(draws)] for _ in range(5)]), axis=2)
+    f_partial = np.stack([[f_full[i][layout.coordinates(idx[i, a])] for a in range(draws)] for i in range(5)])
+    out = encode_block(ae, layout, x, idx, f_partial, f_full, right_inverse="decoder")
+    ref = encode_block(ae, layout, x, idx, f_partial, f_full)
+    assert np.allclose(out["jf"], ref["jf"], atol=1e-14) and np.allclose(out["z"], ref["z"], atol=1e-14)
+    z = torch.from_numpy(out["z"])
+    h = 1e-6
+    tangent = np.stack([((ae.decode(z + h * e) - ae.decode(z - h * e)) / (2 * h)).detach().numpy()
+                        for e in torch.eye(4, dtype=torch.float64)], axis=-1)          # (5, 12, 4)
+    g = rng.standard_normal((5, 4))
+    for i in range(5):
+        res = out["lx_y"][i] - out["lx_R"][i] @ g[i]
+        assert np.isclose(res @ res + out["lx_r2"][i], np.sum((f_full[i] - tangent[i] @ g[i]) ** 2), rtol=1e-7)
+        for a in range(draws):
+            cols = layout.coordinates(idx[i, a]).reshape(-1)
+            res = out["lxp_y"][i, a] - out["lxp_R"][i, a] @ g[i]
+            want = np.sum((f_full[i][cols] - tangent[i][cols] @ g[i]) ** 2)
+            assert np.isclose(res @ res + out["lxp_r2"][i, a], want, rtol=1e-7)
