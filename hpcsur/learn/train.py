@@ -209,7 +209,8 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
         start_epoch, start_step = state["epoch"], state["step"]
-        best, best_epoch, best_state, curve = state["best"], state["best_epoch"], state["best_model"], state["curve"]
+        best, best_state, curve = state["best"], state["best_model"], state["curve"]
+        best_epoch = state.get("best_epoch", -1)   # checkpoints of older hpcsur lack it
         partial = tuple(state["partial"]) if is_root else (0.0, 0)  # the workers' sum, counted once
         log.info("%s: resuming at epoch %d, step %d", label, start_epoch, start_step)
     module, optimizer = backend.prepare(loss_module, optimizer)
