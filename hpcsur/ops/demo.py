@@ -132,7 +132,7 @@ def run_demo(job: str = "jobs/predator_prey.toml", fresh: bool = False) -> int:
     ac = _allen_cahn_demo()
     partial = _partial_demo(lj.pop("system"), lj.pop("state"))
     pipe = _pipeline_demo(job_path, fresh)
-    summary = {"lennard_jones": lj, "allen_cahn": ac, "partial_forces": partial, "pipeline": pipe,
+    summary = {"lj_nve": lj, "allen_cahn_relaxation": ac, "partial_forces": partial, "pipeline": pipe,
                "seconds": time.perf_counter() - t0}
     path = Path(pipe["run_dir"]) / "demo.json"
     path.write_text(json.dumps(summary, indent=1, default=str))

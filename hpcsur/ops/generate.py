@@ -30,11 +30,12 @@ import numpy as np
 from hpcsur import __version__
 from hpcsur.errors import InputError
 from hpcsur.log import Progress
-from hpcsur.ops.jobspec import SPATIAL_DIMS, JobSpec, dump_job
+from hpcsur.ops.jobspec import JobSpec, dump_job
 from hpcsur.ops.systems import build_system, initial_state, make_domain, domain_shape, min_cells_per_rank
 from hpcsur.parallel.grid import check_grid
 from hpcsur.parallel.sampling import index_set, n_chosen
 from hpcsur import store as zstore
+from hpcsur.systems import registry
 
 log = logging.getLogger("hpcsur.generate")
 
@@ -64,7 +65,7 @@ class Plan:
 def choose_grid(spec: JobSpec, size: int) -> tuple[int, ...]:
     """The rank grid: the spec's, or all ranks on the ensemble (one rank per trajectory) when there
     are at least as many trajectories as ranks, else a balanced Cartesian grid."""
-    ndim = SPATIAL_DIMS[spec.kind]
+    ndim = registry.get(spec.kind).spatial_dims
     if spec.parallel.grid is not None:
         grid = tuple(spec.parallel.grid)
         if size % int(np.prod(grid)):
@@ -107,7 +108,7 @@ def dataset_attrs(spec: JobSpec, system, plan: Plan) -> dict:
         "seed": spec.simulation.seed, "dt": spec.simulation.dt, "save_every": spec.simulation.save_every,
         "steps": spec.simulation.steps, "integrator": spec.integrator,
         "n_traj": spec.simulation.trajectories, "frames_per_traj": plan.frames_per_traj,
-        "full_labels": spec.labels.full, "positions_unwrapped": spec.kind == "lennard_jones",
+        "full_labels": spec.labels.full, "positions_unwrapped": registry.get(spec.kind).positions_unwrapped,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
     }
 
@@ -205,6 +206,10 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
         log.info("pre-flight estimate: %s", "; ".join(estimate.lines()))
     written = 0
     t_start = time.perf_counter()
+    # this rank's shards: block j of each of its group's trajectories falls to group rank j % group_size
+    mine = [plan.shard_id(traj, j) for traj in my_trajs for j in range(plan.shards_per_traj)
+            if j % plan.group_size == group.Get_rank()]
+    shard_writer = zstore.ShardWriter(path, rank, size, owned=mine)
     for traj in my_trajs:
         blocks = [j for j in range(plan.shards_per_traj) if plan.shard_id(traj, j) not in done]
         if not blocks:
@@ -222,7 +227,7 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
             sid = plan.shard_id(traj, j)
             if group.Get_rank() == writer:
                 if sid not in done:
-                    zstore.write_shard(path, sid, block)
+                    shard_writer.write(sid, block)
                     written += 1
                 x_last = block["x"][-1]
             else:

@@ -2,9 +2,12 @@
 
 A job spec has one table per pipeline concern::
 
-    [system]      kind = "lennard_jones"  # plus that system's parameters
+    [system]      kind = "<a registered system kind>"  # plus that kind's parameters
     [simulation]  trajectories, dt, steps, save_every, seed
     [initial]     the initial-condition distribution (per system kind)
+
+The ``[system]`` and ``[initial]`` tables are the schema of the kind's
+:class:`hpcsur.systems.registry.SystemKind` (its ``params`` dataclass and ``initial`` ranges).
     [labels]      p (fraction of blocks with computed forces), full (also store all forces)
     [store]       path of the zarr store, optional frames_per_shard
     [parallel]    optional rank grid
@@ -35,65 +38,7 @@ from typing import Any, Optional
 from hpcsur.errors import InputError
 from hpcsur.config import build, field, to_table
 from hpcsur.learn.config import Autoencoder, Evaluate, Latent, Split, Train
-
-SYSTEM_KINDS = ("lennard_jones", "allen_cahn", "predator_prey")
-
-
-# ----------------------------------------------------------------------------- system parameters
-@dataclass(frozen=True)
-class LennardJonesSystem:
-    """LJ fluid in a periodic box; ``n_atoms`` at ``density`` (box side = (n/rho)^(1/3))."""
-
-    lattice: str = field("random", choices=("random", "fcc"),
-                         doc="random placement + relaxation (paper) or an fcc lattice (n = 4 k^3)")
-    n_atoms: int = field(800, ge=2)
-    density: float = field(0.8, gt=0.0, le=1.5)
-    rcut: float = field(2.5, gt=0.0)
-    skin: float = field(0.3, ge=0.0)
-    epsilon: float = field(1.0, gt=0.0)
-    sigma: float = field(1.0, gt=0.0)
-    mass: float = field(1.0, gt=0.0)
-    shift: bool = field(False)
-    placement_seed: int = field(34141, ge=0, doc="seed of the random placement (the paper reuses one)")
-
-    def validate(self, where: str) -> None:
-        if self.lattice == "fcc":
-            k = round((self.n_atoms / 4) ** (1 / 3))
-            if 4 * k ** 3 != self.n_atoms:
-                raise InputError(f"{where} n_atoms = {self.n_atoms} is not 4*k^3 as an fcc lattice needs "
-                                 f"(e.g. {4 * k ** 3} or {4 * (k + 1) ** 3})")
-        side = (self.n_atoms / self.density) ** (1 / 3)
-        if side < 2 * (self.rcut + self.skin):
-            raise InputError(f"{where} box side {side:.3g} (from n_atoms and density) is shorter than "
-                             f"2*(rcut + skin) = {2 * (self.rcut + self.skin):.3g}; use more atoms")
-
-
-@dataclass(frozen=True)
-class AllenCahnSystem:
-    """Allen-Cahn on the unit square, n x n cell-centred grid."""
-
-    n: int = field(200, ge=3)
-    epsilon: float = field(0.012007, gt=0.0)
-
-
-@dataclass(frozen=True)
-class PredatorPreySystem:
-    """1-D predator-prey reaction-diffusion, n cells."""
-
-    n: int = field(50, ge=3)
-    a: float = field(3.0, gt=0.0)
-    b: float = field(0.4, gt=0.0)
-    D: float = field(0.0, ge=0.0)
-    laplacian_scale: str = field("reference", choices=("reference", "physical"))
-
-
-SYSTEM_PARAMS = {"lennard_jones": LennardJonesSystem, "allen_cahn": AllenCahnSystem,
-                 "predator_prey": PredatorPreySystem}
-SPATIAL_DIMS = {"lennard_jones": 3, "allen_cahn": 2, "predator_prey": 1}
-DEFAULT_INTEGRATOR = {"lennard_jones": "verlet", "allen_cahn": "rk4", "predator_prey": "euler"}
-INTEGRATORS = {"lennard_jones": ("verlet",), "allen_cahn": ("rk4", "euler"),
-               "predator_prey": ("euler", "rk4")}
-
+from hpcsur.systems import registry
 
 # ----------------------------------------------------------------------------- initial conditions
 @dataclass(frozen=True)
@@ -125,19 +70,11 @@ class Distribution:
         return self.low if self.low == self.high else {"uniform": [self.low, self.high]}
 
 
-INITIAL_PARAMS = {
-    # name: (default distribution, allowed range of every sample)
-    "lennard_jones": {"temperature": ((0.5, 1.5), (0.0, None))},
-    "allen_cahn": {"r1": ((0.3, 0.4), (0.0, 0.5)), "r2": ((0.1, 0.15), (0.0, 0.5))},
-    "predator_prey": {"s": ((0.0, 0.2), (0.0, None)), "c": ((0.4, 0.6), (0.0, 1.0))},
-}
-
-
 def _parse_initial(kind: str, table: Any, where: str) -> dict[str, Distribution]:
     table = table or {}
     if not isinstance(table, dict):
         raise InputError(f"{where} must be a table")
-    allowed = INITIAL_PARAMS[kind]
+    allowed = {name: (p.default, p.allowed) for name, p in registry.get(kind).initial.items()}
     unknown = sorted(set(table) - set(allowed))
     if unknown:
         raise InputError(f"{where} unknown key {unknown[0]!r} for system {kind!r}; allowed keys: "
@@ -285,11 +222,11 @@ def _check_campaign(spec: "JobSpec") -> None:
     """Every sweep key must name a field of its table for this system kind (one line, before anything runs)."""
     if spec.campaign is None:
         return
-    fields_of = {"system": SYSTEM_PARAMS[spec.kind], "simulation": Simulation, "labels": Labels,
+    fields_of = {"system": registry.get(spec.kind).params, "simulation": Simulation, "labels": Labels,
                  "parallel": Parallel, **OPTIONAL_SECTIONS}
     for key in spec.campaign.flat_sweep:
         table, _, name = key.partition(".")
-        allowed = (set(INITIAL_PARAMS[spec.kind]) if table == "initial"
+        allowed = (set(registry.get(spec.kind).initial) if table == "initial"
                    else {f.name for f in dataclasses.fields(fields_of[table])})
         if name not in allowed:
             raise InputError(f"{spec.source}: [campaign] sweep key {key!r}: [{table}] has no key {name!r}"
@@ -431,7 +368,7 @@ class JobSpec:
     @property
     def integrator(self) -> str:
         chosen = self.simulation.integrator
-        return DEFAULT_INTEGRATOR[self.kind] if chosen == "default" else chosen
+        return registry.get(self.kind).default_integrator if chosen == "default" else chosen
 
     def to_dict(self) -> dict:
         """The resolved spec as TOML-ready tables (defaults filled in)."""
@@ -472,24 +409,27 @@ def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> J
     system_table = dict(tables.get("system") or {})
     kind = system_table.pop("kind", None)
     if kind is None:
-        raise InputError(f"{source}: [system] missing required key 'kind'; choose one of: " + ", ".join(SYSTEM_KINDS))
-    if kind not in SYSTEM_KINDS:
-        raise InputError(f"{source}: [system] kind = {kind!r} is not allowed; choose one of: " + ", ".join(SYSTEM_KINDS))
+        raise InputError(f"{source}: [system] missing required key 'kind'; choose one of: "
+                         + ", ".join(registry.names()))
+    if not isinstance(kind, str) or kind not in registry.names():
+        raise InputError(f"{source}: [system] kind = {kind!r} is not allowed; choose one of: "
+                         + ", ".join(registry.names()))
+    system_kind = registry.get(kind)
     for section in ("simulation", "labels", "store"):
         if section not in tables:
             raise InputError(f"{source}: missing table [{section}]")
-    system = build(SYSTEM_PARAMS[kind], system_table, f"{source}: [system]")
+    system = build(system_kind.params, system_table, f"{source}: [system]")
     simulation = build(Simulation, tables["simulation"], f"{source}: [simulation]")
-    if simulation.integrator not in ("default",) + INTEGRATORS[kind]:
+    if simulation.integrator not in ("default",) + system_kind.integrators:
         raise InputError(f"{source}: [simulation] integrator = {simulation.integrator!r} is not allowed for "
-                         f"{kind}; choose one of: " + ", ".join(("default",) + INTEGRATORS[kind]))
+                         f"{kind}; choose one of: " + ", ".join(("default",) + system_kind.integrators))
     initial = _parse_initial(kind, tables.get("initial"), f"{source}: [initial]")
     labels = build(Labels, tables["labels"], f"{source}: [labels]")
     store = build(Store, tables["store"], f"{source}: [store]")
     parallel = build(Parallel, tables.get("parallel"), f"{source}: [parallel]")
-    if parallel.grid is not None and len(parallel.grid) != SPATIAL_DIMS[kind]:
+    if parallel.grid is not None and len(parallel.grid) != system_kind.spatial_dims:
         raise InputError(f"{source}: [parallel] grid = {parallel.grid} has {len(parallel.grid)} entries; "
-                         f"{kind} needs {SPATIAL_DIMS[kind]}")
+                         f"{kind} needs {system_kind.spatial_dims}")
     optional = {section: build(cls, tables[section], f"{source}: [{section}]")
                 for section, cls in OPTIONAL_SECTIONS.items() if section in tables}
     spec = JobSpec(name=name or Path(source).stem, kind=kind, system=system, simulation=simulation,
@@ -502,9 +442,7 @@ def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> J
 def state_layout(spec: JobSpec) -> tuple[int, int]:
     """(m, n): coordinates per block and blocks of the state, from the parameters alone (no system is
     built, so absurd sizes can be refused before anything is allocated)."""
-    s = spec.system
-    return {"lennard_jones": lambda: (6, s.n_atoms), "allen_cahn": lambda: (1, s.n * s.n),
-            "predator_prey": lambda: (2, s.n)}[spec.kind]()
+    return registry.get(spec.kind).state_layout(spec.system)
 
 
 def state_size(spec: JobSpec) -> int:
@@ -521,7 +459,7 @@ def _check_learning(spec: JobSpec) -> None:
     if learning and spec.split.validation + spec.split.test >= n_traj:
         raise InputError(f"{src}: [split] validation + test = {spec.split.validation + spec.split.test} leaves "
                          f"no training trajectory of {n_traj}; allowed: validation + test < {n_traj}")
-    n_obs = {"lennard_jones": 1, "allen_cahn": 1, "predator_prey": 2}[spec.kind]
+    n_obs = registry.get(spec.kind).n_observables
     n_state = state_size(spec)
     if spec.autoencoder is not None and not n_obs < spec.autoencoder.latent_dim <= n_state:
         raise InputError(f"{src}: [autoencoder] latent_dim = {spec.autoencoder.latent_dim} is out of range; "
@@ -562,5 +500,5 @@ def dump_job(spec: JobSpec) -> str:
 def with_store_path(spec: JobSpec, path: str) -> JobSpec:
     """A copy of ``spec`` writing to another store path (``--output``), checked like [store] path."""
     store = dataclasses.replace(spec.store, path=path)
-    store.validate(f"--output")
+    store.validate("--output")
     return dataclasses.replace(spec, store=store)

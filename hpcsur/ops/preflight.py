@@ -17,15 +17,13 @@ from pathlib import Path
 from hpcsur.errors import InputError
 from hpcsur.ops.jobspec import JobSpec, state_layout
 from hpcsur.parallel.sampling import n_chosen
+from hpcsur.systems import registry
 
-# per-step cost: (fixed seconds per step, seconds per block-step), serial, measured here:
-# LJ kernel 4.9e-7 s/atom-step + rebuilds 1.8e-6 s/atom x 0.13 per step (scaling_2026-12-01.json);
+# Each kind's per-step cost (fixed seconds per step, seconds per block-step, serial) and working
+# memory per block come from its registry entry (SystemKind.step_cost, .work_bytes_per_block), measured
+# here: LJ kernel 4.9e-7 s/atom-step + rebuilds 1.8e-6 s/atom x 0.13 per step (scaling_2026-12-01.json);
 # Allen-Cahn RK4 6.4e-9 s/point-step (same file); Predator-Prey ~4e-5 s per Euler step of 50 cells
 # (the paper-scale generate: 480,000 frames x 10 steps in 135 s on 2 ranks)
-STEP_COST = {"lennard_jones": (5e-5, 7.2e-7), "allen_cahn": (3e-5, 7e-9), "predator_prey": (4e-5, 1e-8)}
-# bytes of working memory per block while simulating (state, forces / RK4 stages, cells and
-# neighbour lists for particles), beyond the stored frame
-WORK_BYTES_PER_BLOCK = {"lennard_jones": 1200, "allen_cahn": 80, "predator_prey": 80}
 GiB = 2 ** 30
 
 
@@ -64,6 +62,7 @@ def duration(seconds: float) -> str:
 
 def estimate(spec: JobSpec, ranks: int = 1) -> Estimate:
     """The job's sizes and generation time on ``ranks`` ranks (pure arithmetic, nothing allocated)."""
+    kind = registry.get(spec.kind)
     m, n = state_layout(spec)
     N = m * n
     k = n_chosen(spec.labels.p, n)
@@ -75,8 +74,8 @@ def estimate(spec: JobSpec, ranks: int = 1) -> Estimate:
     per_traj = max(1, ranks // max(1, spec.simulation.trajectories))       # ranks sharing one trajectory
     fps = spec.store.frames_per_shard or max(1, min(spec.simulation.frames_per_trajectory,
                                                     int(spec.store.target_shard_mb * 2 ** 20 // per_frame)))
-    memory = n * WORK_BYTES_PER_BLOCK[spec.kind] // per_traj + 8 * N + fps * per_frame
-    fixed, per_block = STEP_COST[spec.kind]
+    memory = n * kind.work_bytes_per_block // per_traj + 8 * N + fps * per_frame
+    fixed, per_block = kind.step_cost
     steps = spec.simulation.trajectories * spec.simulation.steps
     seconds = steps * (fixed + per_block * n) / max(1, ranks)
     return Estimate(frames, per_frame, frames * per_frame, frames * encoded, memory, seconds, ranks)

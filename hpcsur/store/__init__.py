@@ -6,12 +6,12 @@ its data is durable, which makes resume after a crash a matter of rewriting unre
 See ``storage/README.md`` for the on-disk schema and protocol.
 
 Modules: :mod:`.schema` (pure layout), :mod:`.writer` (create + write shards), :mod:`.manifest`
-(progress records, consolidate, verify, info), :mod:`.lock` (one generator per store),
+(progress records, :func:`progress` — the one answer to "is it complete?" —, consolidate, verify, info), :mod:`.lock` (one generator per store),
 :mod:`.reader` (open_dataset, iter_shards).
 """
 from hpcsur.store.lock import StoreLock, acquire_lock
-from hpcsur.store.manifest import (BadShard, VerifyReport, completed_shards, consolidate, info,
-                                   read_manifest, shard_file, verify)
+from hpcsur.store.manifest import (BadShard, Progress, VerifyReport, completed_shards, consolidate, info,
+                                   progress, read_manifest, shard_file, verify)
 from hpcsur.store.reader import Dataset, open_dataset, rank_shards, shard_order
 from hpcsur.store.schema import (ArraySpec, DatasetSchema, choose_chunk_frames,
                                  choose_frames_per_shard, make_schema, owned_shards, shard_owner)
@@ -22,6 +22,6 @@ __all__ = [
     "ArraySpec", "BadShard", "Dataset", "DatasetSchema", "REQUIRED_ATTRS", "ShardWriter",
     "StoreLock", "VerifyReport", "acquire_lock", "choose_chunk_frames", "choose_frames_per_shard",
     "completed_shards", "consolidate", "create_dataset", "exists", "info", "is_dataset", "make_schema", "open_dataset",
-    "owned_shards", "rank_shards", "read_manifest", "shard_file", "shard_order", "shard_owner",
+    "owned_shards", "Progress", "progress", "rank_shards", "read_manifest", "shard_file", "shard_order", "shard_owner",
     "synthetic_shard", "verify", "write_shard",
 ]

@@ -1,4 +1,5 @@
-"""One generator per store: an advisory ``fcntl.flock`` on ``<store>/.lock``.
+"""One writer per folder: an advisory ``fcntl.flock`` on ``<folder>/.lock`` -- one generator per store
+(:func:`acquire_lock`), one campaign driver per run folder (:func:`acquire_folder_lock`).
 
 Why flock rather than an O_EXCL lock file: the kernel drops a flock when its holder's file
 descriptor closes, and that includes the process dying from SIGKILL or a node-local OOM kill.
@@ -81,6 +82,12 @@ def acquire_lock(path: str | os.PathLike) -> StoreLock:
     object alive for as long as the store is being written: the lock lasts until it is released,
     garbage-collected or the process ends.
     """
+    return acquire_folder_lock(path, "store", "generator")
+
+
+def acquire_folder_lock(path: str | os.PathLike, what: str = "folder", holder: str = "process") -> StoreLock:
+    """The exclusive lock of any folder (e.g. a campaign's run folder), as :func:`acquire_lock`; the error
+    reads ``<what> <path>: locked by another <holder> (host=... pid=... since ...)``."""
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
     lp = lock_path(root)
@@ -89,7 +96,7 @@ def acquire_lock(path: str | os.PathLike) -> StoreLock:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
         os.close(fd)
-        raise InputError(f"store {root}: locked by another generator ({describe_holder(root)})") from None
+        raise InputError(f"{what} {root}: locked by another {holder} ({describe_holder(root)})") from None
     # Holder info is advisory; write it in place (readers tolerate a half-written file).
     os.ftruncate(fd, 0)
     os.pwrite(fd, json.dumps(holder_info()).encode(), 0)

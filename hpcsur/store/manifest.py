@@ -57,6 +57,49 @@ def read_schema(path: str | os.PathLike) -> DatasetSchema:
     return DatasetSchema.from_dict(attrs["schema"])
 
 
+@dataclass(frozen=True)
+class Progress:
+    """How far a store is: the one answer to "is it complete?" (shards with a completion record).
+
+    ``shards_total`` is None while the store does not exist yet (or its generator is still writing
+    its skeleton)."""
+
+    path: str
+    shards_done: int = 0
+    shards_total: int | None = None
+    frames_per_shard: int = 0
+
+    @property
+    def exists(self) -> bool:
+        return self.shards_total is not None
+
+    @property
+    def complete(self) -> bool:
+        return self.exists and self.shards_done >= self.shards_total
+
+    @property
+    def frames_done(self) -> int:
+        return self.shards_done * self.frames_per_shard
+
+    @property
+    def frames_total(self) -> int | None:
+        return None if self.shards_total is None else self.shards_total * self.frames_per_shard
+
+    @property
+    def missing(self) -> int:
+        return 0 if self.shards_total is None else self.shards_total - self.shards_done
+
+
+def progress(path: str | os.PathLike) -> Progress:
+    """The store's :class:`Progress`, from its attributes and completion records only (cheap; never raises
+    for a missing or half-created store)."""
+    try:
+        schema = read_schema(path)
+    except InputError:
+        return Progress(str(path))
+    return Progress(str(path), len(completed_shards(path)), schema.n_shards, schema.frames_per_shard)
+
+
 def shard_file(schema: DatasetSchema, name: str, s: int) -> str:
     """Path of array ``name``'s shard ``s`` relative to the store root.
 

@@ -22,7 +22,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import zarr
@@ -172,20 +172,32 @@ def _first_difference(old: Mapping[str, Any], new: Mapping[str, Any]) -> str:
 class ShardWriter:
     """Writes whole shards of one dataset for rank ``rank`` of ``size``; refuses shards it doesn't own.
 
-    Opening the arrays once and reusing them saves re-reading metadata for every shard.
+    Ownership is the round robin ``s % size == rank`` unless ``owned`` names this rank's shards
+    explicitly (a generator whose ranks own whole trajectories); either way every shard has one writer.
+    Opening the group and its arrays once and reusing them saves re-reading metadata for every shard.
     """
 
-    def __init__(self, path: str | os.PathLike, rank: int = 0, size: int = 1):
+    def __init__(self, path: str | os.PathLike, rank: int = 0, size: int = 1, owned: Iterable[int] | None = None):
         self.path = Path(path)
         self.schema = read_schema(self.path)
         owned_shards(self.schema.n_shards, rank, size)  # validates rank/size
         self.rank, self.size = rank, size
+        if owned is not None:
+            owned = sorted(set(int(s) for s in owned))
+            for s in owned:
+                check_shard_id(s, self.schema.n_shards)
+        self._owned = owned
         group = zarr.open_group(str(self.path), mode="r+", zarr_format=3)
         self._arrays = {name: group[name].with_config(_WRITE_CONFIG) for name in self.schema.arrays()}
 
     def owned(self) -> list[int]:
         """All shards this rank writes."""
+        if self._owned is not None:
+            return list(self._owned)
         return owned_shards(self.schema.n_shards, self.rank, self.size)
+
+    def owns(self, s: int) -> bool:
+        return s in self._owned if self._owned is not None else shard_owner(s, self.size) == self.rank
 
     def todo(self) -> list[int]:
         """Owned shards without a completion record: what a (re)started generator must write."""
@@ -226,9 +238,9 @@ class ShardWriter:
         shard incomplete (to be rewritten again) instead of vouched for by old checksums.
         """
         check_shard_id(s, self.schema.n_shards)
-        if shard_owner(s, self.size) != self.rank:
-            raise InputError(f"shard {s}: owned by rank {shard_owner(s, self.size)}, not rank "
-                             f"{self.rank} (one writer per shard)")
+        if not self.owns(s):
+            owner = "another rank" if self._owned is not None else f"rank {shard_owner(s, self.size)}"
+            raise InputError(f"shard {s}: owned by {owner}, not rank {self.rank} (one writer per shard)")
         block = self.check_block(s, arrays)
         forget_shard(self.path, s)
         self._remove_old_files(s)

@@ -35,14 +35,17 @@ stepper then reproduces the original run bit for bit.
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import numpy as np
 
+from hpcsur.config import field
 from hpcsur.errors import InputError
 from hpcsur.systems import lj_kernels as K
 from hpcsur.systems.base import Layout, check_indices, check_state
+from hpcsur.systems.registry import InitialParam, SystemKind
 
 OVERLAP_FRACTION = 0.5  # atoms closer than 0.5 sigma are rejected as overlapping
 
@@ -521,3 +524,97 @@ def maxwell_boltzmann(n: int, T0: float, mass: float, rng: np.random.Generator) 
 def lj_state(lj: LennardJones, positions, velocities) -> np.ndarray:
     """Convenience: the flat state vector for ``lj``."""
     return check_state(LennardJones.join(positions, velocities), lj.layout.size)
+
+
+# ----------------------------------------------------------------------------- the registry entry
+@dataclass(frozen=True)
+class LennardJonesSystem:
+    """The job spec's ``[system]`` table: an LJ fluid in a periodic box; ``n_atoms`` at ``density``
+    (box side = (n/rho)^(1/3))."""
+
+    lattice: str = field("random", choices=("random", "fcc"),
+                         doc="random placement + relaxation (paper) or an fcc lattice (n = 4 k^3)")
+    n_atoms: int = field(800, ge=2)
+    density: float = field(0.8, gt=0.0, le=1.5)
+    rcut: float = field(2.5, gt=0.0)
+    skin: float = field(0.3, ge=0.0)
+    epsilon: float = field(1.0, gt=0.0)
+    sigma: float = field(1.0, gt=0.0)
+    mass: float = field(1.0, gt=0.0)
+    shift: bool = field(False)
+    placement_seed: int = field(34141, ge=0, doc="seed of the random placement (the paper reuses one)")
+
+    @property
+    def side(self) -> float:
+        """Cubic box side L = (n / rho)^(1/3)."""
+        return (self.n_atoms / self.density) ** (1.0 / 3.0)
+
+    def validate(self, where: str) -> None:
+        if self.lattice == "fcc":
+            k = round((self.n_atoms / 4) ** (1 / 3))
+            if 4 * k ** 3 != self.n_atoms:
+                raise InputError(f"{where} n_atoms = {self.n_atoms} is not 4*k^3 as an fcc lattice needs "
+                                 f"(e.g. {4 * k ** 3} or {4 * (k + 1) ** 3})")
+        if self.side < 2 * (self.rcut + self.skin):
+            raise InputError(f"{where} box side {self.side:.3g} (from n_atoms and density) is shorter than "
+                             f"2*(rcut + skin) = {2 * (self.rcut + self.skin):.3g}; use more atoms")
+
+
+def _build(table: LennardJonesSystem) -> LennardJones:
+    side = table.side
+    return LennardJones((side, side, side), n_atoms=table.n_atoms, rcut=table.rcut, epsilon=table.epsilon,
+                        sigma=table.sigma, skin=table.skin, shift=table.shift, mass=table.mass)
+
+
+@functools.lru_cache(maxsize=4)
+def starting_positions(table: LennardJonesSystem) -> np.ndarray:
+    """The shared starting configuration of every trajectory (as the paper: one placement).
+
+    fcc: the lattice. random: uniform placement (seeded by ``placement_seed``) relaxed by steepest
+    descent, as LAMMPS ``create_atoms random`` + ``minimize`` in the reference.
+    """
+    if table.lattice == "fcc":
+        positions, _ = fcc_lattice(round((table.n_atoms / 4) ** (1 / 3)), table.density)
+        return positions
+    side = table.side
+    lj = LennardJones((side, side, side), n_atoms=table.n_atoms, rcut=table.rcut, epsilon=table.epsilon,
+                      sigma=table.sigma, skin=0.0)
+    rng = np.random.Generator(np.random.Philox(key=table.placement_seed))
+    return relax(random_positions(table.n_atoms, (side, side, side), rng), lj)
+
+
+def _initial_state(system: LennardJones, table: LennardJonesSystem, values, rng) -> np.ndarray:
+    """The shared positions with Maxwell-Boltzmann velocities at the drawn temperature."""
+    velocities = maxwell_boltzmann(table.n_atoms, values["temperature"], table.mass, rng)
+    return system.join(starting_positions(table), velocities)
+
+
+def temperature_observable(params, layout):
+    """``T = m sum_i |v_i|^2 / (3 (n - 1))`` for states ``(..., 6n)``; numpy arrays or torch tensors."""
+    n, mass = int(layout["n_blocks"]), float(params.get("mass", 1.0))
+
+    def phi(x):
+        v = x[..., 3 * n:]
+        return (mass * (v * v).sum(-1) / (3.0 * (n - 1)))[..., None]
+    return phi
+
+
+KIND = SystemKind(
+    name="lennard_jones", params=LennardJonesSystem,
+    initial={"temperature": InitialParam((0.5, 1.5), (0.0, None))},
+    integrators=("verlet",), observable_names=LennardJones.observable_names,
+    build=_build, state_layout=lambda table: (6, table.n_atoms),
+    initial_state=_initial_state, observables=temperature_observable,
+    # the decomposable extent: whole interaction lengths (rcut + skin) per box side
+    spatial_dims=3, decomposition="particles",
+    grid_shape=lambda table: (int(np.floor(table.side / (table.rcut + table.skin))),) * 3,
+    min_cells_per_rank=1, weak_scale=lambda table, root: {"n_atoms": table.n_atoms * root ** 3},
+    positions_unwrapped=True, step_cost=(5e-5, 7.2e-7), work_bytes_per_block=1200,
+    # Chen & Li, 800 atoms, Fig. 3 / Table 1 (10 repeats, population std); L_x,p: 20,000 x 50 atoms
+    published={("lz", None, 1250, "onsagernet"): (4.45e-3, 2.03e-3, "population", 10, "Table 1 / Fig. 3"),
+               ("lxp", 0.0625, 1250, "onsagernet"): (1.17e-3, 0.18e-3, "population", 10, "Table 1 / Fig. 3"),
+               ("lz", None, 1250, "mlp"): (2.60e-2, 1.01e-2, "population", 10, "Fig. 3"),
+               ("lxp", 0.0625, 1250, "mlp"): (1.34e-3, 0.26e-3, "population", 10, "Fig. 3"),
+               ("lz", None, 1250, "gfinn"): (1.28e-2, 0.74e-2, "population", 10, "Fig. 3"),
+               ("lxp", 0.0625, 1250, "gfinn"): (2.84e-3, 0.99e-3, "population", 10, "Fig. 3")},
+    description="Lennard-Jones fluid, NVE, periodic box (Chen & Li section 2.3)")

@@ -9,7 +9,7 @@ from conftest import HPCSUR, MPIEXEC, write_job
 from hpcsur import store as zstore
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder
 from hpcsur.learn.encode import encode_block
-from hpcsur.learn.observables import predator_prey_means
+from hpcsur.systems.predator_prey import spatial_means
 from hpcsur.systems.base import Layout
 
 
@@ -17,7 +17,7 @@ def test_encode_block_matches_explicit_pseudo_inverses():
     torch.manual_seed(0)
     n_cells, k, draws = 6, 2, 2
     layout = Layout(2, n_cells, ("u", "v"))                 # PP layout: u then v, a block = (u_i, v_i)
-    ae = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), predator_prey_means(n_cells)).double()
+    ae = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), spatial_means({"n": n_cells}, {})).double()
     rng = np.random.default_rng(1)
     x = rng.uniform(0.2, 0.8, size=(5, 12))
     f_full = rng.standard_normal((5, 12))
@@ -82,7 +82,7 @@ def test_the_decoder_right_inverse_gives_the_triples_of_the_decoders_jacobian():
     torch.manual_seed(2)
     n_cells, k, draws = 6, 2, 2
     layout = Layout(2, n_cells, ("u", "v"))
-    ae = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), predator_prey_means(n_cells)).double()
+    ae = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), spatial_means({"n": n_cells}, {})).double()
     rng = np.random.default_rng(3)
     x = rng.uniform(0.2, 0.8, size=(5, 12))
     f_full = rng.standard_normal((5, 12))

@@ -150,3 +150,30 @@ def test_iter_shards_disjoint_cover_and_seeded(tmp_path):
     assert shard_order(ids, 1, 5) != shard_order(ids, 1, 6)                  # seed reshuffles
     eq = [rank_shards(ids[:7], r, 3, 0, 0, drop_last=True) for r in range(3)]
     assert [len(p) for p in eq] == [2, 2, 2]
+
+
+def test_progress_is_the_one_answer_to_complete(tmp_path):
+    from hpcsur.store import progress
+
+    path = tmp_path / "ds"
+    assert not progress(path).exists and not progress(path).complete and progress(path).frames_total is None
+    create_dataset(path, SCHEMA, ATTRS)
+    assert (progress(path).shards_done, progress(path).shards_total, progress(path).missing) == (0, 6, 6)
+    for s in range(6):
+        assert not progress(path).complete
+        write_shard(path, s, synthetic_shard(SCHEMA, s))
+        assert progress(path).frames_done == 5 * (s + 1)
+    assert progress(path).complete and progress(path).frames_total == 30
+
+
+def test_explicit_ownership_refuses_other_shards(tmp_path):
+    path = tmp_path / "ds"
+    create_dataset(path, SCHEMA, ATTRS)
+    writer = ShardWriter(path, rank=1, size=2, owned=[0, 1])   # a whole trajectory, not the round robin
+    assert writer.owned() == [0, 1] and writer.todo() == [0, 1]
+    writer.write(0, synthetic_shard(SCHEMA, 0))
+    assert writer.todo() == [1]
+    with pytest.raises(InputError, match="shard 3: owned by another rank, not rank 1"):
+        writer.write(3, synthetic_shard(SCHEMA, 3))
+    with pytest.raises(InputError, match="shard"):
+        ShardWriter(path, rank=0, size=2, owned=[9])
