@@ -32,6 +32,8 @@ def run(args):
     from hpcsur.ops.pipeline import run_pipeline
 
     spec = load_job(args.job)
-    stages = [s.strip() for s in args.stages.split(",")] if args.stages else None
+    from hpcsur.ops.stage_table import PIPELINE, parse_stages
+
+    stages = list(parse_stages(args.stages, PIPELINE)) if args.stages is not None else None
     return run_pipeline(spec, args.job, ranks=args.ranks, workers=args.workers, backend=args.backend, stages=stages,
                         keep=args.keep)

@@ -58,7 +58,6 @@ import itertools
 import logging
 import os
 import shlex
-import shutil
 import signal
 import socket
 import subprocess
@@ -75,8 +74,9 @@ from hpcsur.log import loopback_env
 from hpcsur.ops.ensemble import member_spec, sweep_points
 from hpcsur.ops.jobspec import Campaign, JobSpec, check_dashboard, check_scheduler, dump_job
 from hpcsur.ops.slurm import sbatch_quote, slurm_filename
-from hpcsur.store.lock import acquire_lock, describe_holder
-from hpcsur.store.manifest import completed_shards, dir_bytes, read_attrs, write_json_atomic
+from hpcsur.ops.stage_table import find_mpiexec, stage_command
+from hpcsur.store.lock import acquire_folder_lock, describe_holder
+from hpcsur.store.manifest import dir_bytes, progress, read_attrs, write_json_atomic
 
 log = logging.getLogger("hpcsur.campaign")
 
@@ -231,12 +231,10 @@ def member_progress(member: Member, with_bytes: bool = False, check_hash: bool =
         raise InputError(f"campaign member {member.index}: store {member.store} was generated from a different "
                          f"spec (data hash {attrs.get('data_hash')} != {member.spec.data_hash()}); move it away "
                          "or change [store] path")
-    schema = attrs.get("schema")
-    if schema is None:
+    done = progress(path)
+    if not done.exists:
         return replace(base, bytes=dir_bytes(path) if with_bytes else None)
-    n_shards = schema["n_traj"] * schema["frames_per_traj"] // schema["frames_per_shard"]
-    done = len(completed_shards(path))
-    return replace(base, frames_done=done * schema["frames_per_shard"], shards_done=done, shards_total=n_shards,
+    return replace(base, frames_done=done.frames_done, shards_done=done.shards_done, shards_total=done.shards_total,
                    bytes=dir_bytes(path) if with_bytes else None)
 
 
@@ -262,11 +260,7 @@ def member_task(member: Member, settings: Settings, cwd: str) -> MemberTask:
 
 def _mpiexec() -> str:
     """The launcher of the MPI that mpi4py uses: the venv's, else the first on PATH."""
-    beside = Path(sys.executable).parent / "mpiexec"
-    found = str(beside) if beside.exists() else shutil.which("mpiexec")
-    if found is None:
-        raise InputError("campaign: ranks_per_member > 1 needs mpiexec, which is not on PATH")
-    return found
+    return find_mpiexec()
 
 
 def member_command(task: MemberTask, python: str, mpiexec: str | None = None) -> list[str]:
@@ -275,10 +269,8 @@ def member_command(task: MemberTask, python: str, mpiexec: str | None = None) ->
     hpcsur = [python, "-m", "hpcsur.cli.main"]
     if task.stage == "all":
         return [*hpcsur, "run", task.spec_path, "--ranks", str(task.ranks)]
-    cmd = [*hpcsur, "generate", task.spec_path, "--resume", "--no-progress"]
-    if task.ranks > 1:
-        cmd = [mpiexec or "mpiexec", "-n", str(task.ranks), *cmd]
-    return cmd
+    return stage_command("generate", task.spec_path, task.ranks, 1, hpcsur=hpcsur, mpiexec=mpiexec or "mpiexec",
+                         extra=["--no-progress"])
 
 
 #: Variables through which an MPI launcher talks to *its* ranks. A member started from inside an
@@ -590,7 +582,7 @@ def run_campaign(spec: JobSpec, settings: Settings, *, dry_run: bool = False, in
         return 0
     Path(spec.run_dir).mkdir(parents=True, exist_ok=True)
     try:
-        lock = acquire_lock(spec.run_dir)
+        lock = acquire_folder_lock(spec.run_dir, "run folder", "campaign driver")
     except InputError:
         raise InputError(f"campaign {spec.name}: already running ({describe_holder(spec.run_dir)})") from None
     with lock:

@@ -27,20 +27,19 @@ from pathlib import Path
 from hpcsur.errors import InputError
 from hpcsur.log import loopback_env
 from hpcsur.ops.jobspec import JobSpec
+from hpcsur.ops import stage_table
+from hpcsur.ops.stage_table import PIPELINE
 from hpcsur.ops.stages import encoded_path
 
 log = logging.getLogger("hpcsur.run")
 
-STAGES = ("generate", "train-ae", "encode", "train-latent", "evaluate")
+STAGES = PIPELINE
 
 
 def _complete_store(path: str) -> bool:
     from hpcsur import store
 
-    if not store.exists(path):
-        return False
-    summary = store.info(path)
-    return summary["shards_complete"] == summary["shards_total"]
+    return store.progress(path).complete
 
 
 def _latent_done_files(spec: JobSpec) -> list[Path]:
@@ -68,16 +67,8 @@ def stage_done(spec: JobSpec, stage: str) -> bool:
 
 
 def stage_command(job: str, stage: str, ranks: int, workers: int, backend: str | None = None) -> list[str]:
-    """The command line of one stage (the venv's own launcher and entry point)."""
-    bindir = Path(sys.executable).parent
-    hpcsur, mpiexec = str(bindir / "hpcsur"), str(bindir / "mpiexec")
-    if stage == "evaluate":
-        return [hpcsur, "evaluate", job]
-    n = ranks if stage in ("generate", "encode") else workers
-    cmd = [hpcsur, stage, job, "--resume"]
-    if backend and stage in ("train-ae", "train-latent"):
-        cmd += ["--backend", backend]
-    return [mpiexec, "-n", str(n), *cmd] if n > 1 else cmd
+    """The command line of one stage (the venv's own launcher and entry point; :mod:`hpcsur.ops.stage_table`)."""
+    return stage_table.stage_command(stage, job, ranks, workers, backend=backend)
 
 
 def redo_stale(spec: JobSpec, chosen: list[str], keep: bool) -> None:
@@ -156,9 +147,7 @@ def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = 
     spec.require("latent", "run")
     workers = workers or spec.train.workers
     chosen = list(stages or STAGES)
-    for stage in chosen:
-        if stage not in STAGES:
-            raise InputError(f"--stages: {stage!r} is not a stage; choose from: {', '.join(STAGES)}")
+    stage_table.parse_stages(",".join(chosen), STAGES)   # the --stages grammar also for callers in Python
     redo_stale(spec, chosen, keep)
     t_all = time.perf_counter()
     for stage in STAGES:

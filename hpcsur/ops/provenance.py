@@ -26,8 +26,8 @@ from typing import Any
 
 from hpcsur.errors import InputError
 from hpcsur.ops.jobspec import DATA_SECTIONS, JobSpec
+from hpcsur.ops.stage_table import PIPELINE as STAGES  # the pipeline stages with outputs
 
-STAGES = ("generate", "train-ae", "encode", "train-latent", "evaluate")
 #: [latent] keys that choose *which* runs exist rather than what each run is
 RUN_SELECTORS = ("losses", "seeds", "equivalent_data")
 

@@ -46,7 +46,6 @@ import re
 import shlex
 import shutil
 import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -54,57 +53,23 @@ from typing import Iterable, Optional, Sequence
 
 from hpcsur.errors import InputError
 from hpcsur.ops.ensemble import member_spec
+from hpcsur.ops import stage_table
 from hpcsur.ops.jobspec import JobSpec, dump_job
+from hpcsur.ops.stage_table import ORDER, PIPELINE, STAGES, Stage  # noqa: F401  (PIPELINE: for hpcsur submit)
 
-#: Where the templates live (the repository's slurm/ folder); HPCSUR_SLURM_TEMPLATES overrides.
-TEMPLATE_DIR = Path(os.environ.get("HPCSUR_SLURM_TEMPLATES", Path(__file__).resolve().parents[2] / "slurm"))
+#: Where the templates live: package data (hpcsur/ops/templates/, linked from the repository's slurm/),
+#: so a plain ``pip install`` can submit; HPCSUR_SLURM_TEMPLATES names another folder.
+TEMPLATE_DIR = Path(os.environ.get("HPCSUR_SLURM_TEMPLATES", Path(__file__).resolve().parent / "templates"))
 TEMPLATE = "stage.sbatch"
 JOBS_FILE = "jobs.json"
-
-
-@dataclass(frozen=True)
-class Stage:
-    """One pipeline stage: the hpcsur subcommand it runs and how it is launched."""
-
-    name: str
-    command: tuple[str, ...]   # hpcsur subcommand words
-    tasks: str                 # "ranks" ([slurm] nodes x ntasks_per_node), "workers" ([train] workers) or "one"
-    resume: bool               # takes --resume (a requeued job continues)
-    target: str = "job"        # its argument: "job" (the spec file) or "store" (the store path)
-
-
-STAGES = {s.name: s for s in (
-    Stage("generate", ("generate",), "ranks", resume=True),
-    Stage("verify", ("store", "verify"), "one", resume=False, target="store"),
-    Stage("train-ae", ("train-ae",), "workers", resume=True),
-    Stage("encode", ("encode",), "ranks", resume=True),
-    Stage("train-latent", ("train-latent",), "workers", resume=True),
-    Stage("evaluate", ("evaluate",), "one", resume=False),
-)}
 
 
 def launched(spec: JobSpec, stage: Stage) -> bool:
     """Whether ``stage`` runs through the MPI launcher (several ranks or workers), else as one process."""
     return stage.tasks == "ranks" or (stage.tasks == "workers" and spec.train.workers > 1)
-#: The default chain of ``hpcsur submit`` (``verify`` is optional, after ``generate``).
-PIPELINE = ("generate", "train-ae", "encode", "train-latent", "evaluate")
-ORDER = ("generate", "verify", "train-ae", "encode", "train-latent", "evaluate")
-
-
-# ----------------------------------------------------------------------------- input checks (pure)
 def parse_stages(text: str) -> tuple[str, ...]:
-    """``"generate,train-ae"`` -> ``("generate", "train-ae")``: known, distinct, in pipeline order."""
-    names = tuple(part.strip() for part in text.split(",")) if text.strip() else ()
-    if not names:
-        raise InputError("--stages is empty; give a comma-separated list of: " + ", ".join(ORDER))
-    for name in names:
-        if name not in STAGES:
-            raise InputError(f"--stages: unknown stage {name!r}; choose from: " + ", ".join(ORDER))
-    if len(set(names)) != len(names):
-        raise InputError(f"--stages {text!r} names a stage twice")
-    if list(names) != sorted(names, key=ORDER.index):
-        raise InputError(f"--stages {text!r} is out of order; stages run in the order " + ", ".join(ORDER))
-    return names
+    """``--stages`` of ``hpcsur submit``: the one grammar over every stage (``verify`` included)."""
+    return stage_table.parse_stages(text, ORDER)
 
 
 def parse_ensemble(text: str | None) -> int | None:
@@ -189,8 +154,7 @@ def directives(spec: JobSpec, stage: Stage, log_dir: str, array: Optional[str] =
 
 def stage_argv(stage: Stage, hpcsur: Sequence[str], job_path: str, store_path: str) -> list[str]:
     """The stage's command line (without the MPI launcher)."""
-    target = job_path if stage.target == "job" else store_path
-    return [*hpcsur, *stage.command, target, *(["--resume"] if stage.resume else [])]
+    return stage.argv(hpcsur, job_path, store_path)
 
 
 def launch_words(spec: JobSpec, stage: Stage, mpiexec: str) -> str:
@@ -296,16 +260,13 @@ class Plan:
 
 def default_hpcsur() -> list[str]:
     """The hpcsur command of this installation (the script next to this Python, else ``python -m``)."""
-    exe = Path(sys.executable).parent / "hpcsur"
-    return [str(exe)] if exe.exists() else [sys.executable, "-m", "hpcsur.cli.main"]
+    return stage_table.hpcsur_command()
 
 
 def default_mpiexec(spec: JobSpec) -> str:
-    """``[slurm] mpiexec``, else the mpiexec next to this Python (the venv's MPICH), else ``mpiexec``."""
-    if spec.slurm.mpiexec:
-        return spec.slurm.mpiexec
-    exe = Path(sys.executable).parent / "mpiexec"
-    return str(exe) if exe.exists() else "mpiexec"
+    """``[slurm] mpiexec``, else the venv's (or PATH's) mpiexec, else the bare name: the batch script may run
+    on nodes whose PATH has one even where this login node has none."""
+    return spec.slurm.mpiexec or stage_table.venv_program("mpiexec") or "mpiexec"
 
 
 def plan_submission(spec: JobSpec, stages: Sequence[str], *, workdir: str, template: str,
@@ -515,13 +476,11 @@ def store_progress(path: str) -> dict:
     """Shards and frames complete of the store at ``path`` (``exists: False`` before it is created)."""
     from hpcsur import store as zstore
 
-    try:
-        info = zstore.info(path)
-    except (OSError, ValueError, KeyError):
+    done = zstore.progress(path)
+    if not done.exists:
         return {"path": path, "exists": False}
-    return {"path": path, "exists": True, **{k: info[k] for k in (
-        "shards_complete", "shards_total", "frames_complete", "frames_total")},
-        "complete": info["shards_complete"] == info["shards_total"]}
+    return {"path": path, "exists": True, "shards_complete": done.shards_done, "shards_total": done.shards_total,
+            "frames_complete": done.frames_done, "frames_total": done.frames_total, "complete": done.complete}
 
 
 def load_submissions(spec: JobSpec, workdir: str) -> tuple[str, dict]:

@@ -33,12 +33,11 @@ def save_resolved_spec(spec: JobSpec, rank: int = 0) -> Path:
 def _store_complete(path: str) -> None:
     from hpcsur import store
 
-    if not store.exists(path):
+    done = store.progress(path)
+    if not done.exists:
         raise InputError(f"store {path}: does not exist; run `hpcsur generate` first")
-    summary = store.info(path)
-    if summary["shards_complete"] < summary["shards_total"]:
-        raise InputError(f"store {path}: {summary['shards_total'] - summary['shards_complete']} shard(s) incomplete; "
-                         "run `hpcsur generate --resume` first")
+    if not done.complete:
+        raise InputError(f"store {path}: {done.missing} shard(s) incomplete; run `hpcsur generate --resume` first")
 
 
 def _backend(spec: JobSpec, name: str | None):

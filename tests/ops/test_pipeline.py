@@ -115,7 +115,7 @@ def test_run_rejects_an_unknown_stage(tmp_path):
     job.write_text(JOB.format(root=tmp_path))
     res = subprocess.run([HPCSUR, "run", str(job), "--stages", "generate,train"], capture_output=True, text=True,
                          timeout=60)
-    assert res.returncode == 2 and "'train' is not a stage" in res.stderr
+    assert res.returncode == 2 and "unknown stage 'train'; choose from: generate, train-ae" in res.stderr
     assert not (tmp_path / "store").exists()
 
 

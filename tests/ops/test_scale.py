@@ -247,7 +247,7 @@ def test_efficiency_definitions():
 # ----------------------------------------------------------------------------- bad input
 def test_input_parsing():
     assert scale.parse_counts("4,1,2") == (1, 2, 4)
-    assert scale.parse_stages("train,generate") == ("generate", "train-ae")
+    assert scale.parse_stages("generate, train-ae") == ("generate", "train-ae")
     for bad in ("0,2", "1,x", "", "1,,2", "-1", "2,2", "1.5"):
         with pytest.raises(InputError):
             scale.parse_counts(bad)
@@ -270,7 +270,7 @@ def test_input_parsing():
     (["--ranks", "1,2", "--mode", "strong"], "[parallel]\ngrid = [2]", "does not divide 1 ranks"),
     (["--ranks", "1,8", "--mode", "strong", "--stages", "generate"], "[parallel]\ngrid = [1]", "would idle"),
     (["--ranks", "2,3", "--mode", "weak", "--weak-dim", "domain"], "", "whole number"),
-    (["--ranks", "1,8", "--mode", "strong", "--stages", "train"], "", "without"),
+    (["--ranks", "1,8", "--mode", "strong", "--stages", "train-ae"], "", "without"),
 ], ids=["zero", "word", "mode", "epochs", "stage", "grid", "idle-groups", "weak-domain", "too-many-workers"])
 def test_bad_input_is_one_line_and_runs_nothing(tmp_path, capsys, args, extra, message):
     text = JOB.format(root=tmp_path, extra="")

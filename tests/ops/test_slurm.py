@@ -125,7 +125,7 @@ def one_error_line(res: subprocess.CompletedProcess, command: str) -> str:
 def test_parse_stages():
     assert slurm.parse_stages("generate,train-ae,encode,train-latent,evaluate") == slurm.PIPELINE
     assert slurm.parse_stages(" generate , verify ") == ("generate", "verify")
-    for bad, words in [("generate,trian-ae", "unknown stage 'trian-ae'"), ("", "empty"),
+    for bad, words in [("generate,trian-ae", "unknown stage 'trian-ae'"), ("", "give a comma-separated list"),
                        ("generate,generate", "twice"), ("train-ae,generate", "out of order")]:
         with pytest.raises(InputError, match=words):
             slurm.parse_stages(bad)
