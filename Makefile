@@ -38,7 +38,7 @@ test: venv horovod
 # Horovod 0.28.1 patched to C++17 and built against this venv's torch + MPICH; the wheel is cached
 # under ~/.cache/hpcsur/wheels/<key>/ (first build ~5 min, later runs seconds).
 horovod: venv
-	@$(PY) hpcsur/learn/distributed/build_horovod.py
+	@$(PY) tools/build_horovod.py
 
 bench: venv
 	@for b in benchmarks/*.py; do echo "== $$b"; LD_LIBRARY_PATH=$(CURDIR)/$(VENV)/lib $(PY) $$b || exit 1; done

@@ -399,8 +399,18 @@ def test_ddp_alone_is_a_group_of_one():
 
 # ----------------------------------------------------------------------------- make horovod (no build here)
 
+def _build_horovod():
+    """tools/build_horovod.py (build tooling, outside the runtime package)."""
+    import importlib.util
+    path = Path(__file__).resolve().parents[2] / "tools" / "build_horovod.py"
+    spec = importlib.util.spec_from_file_location("build_horovod", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def test_horovod_patch_changes_both_cmakelists_and_fails_loudly(tmp_path):
-    from hpcsur.learn.distributed import build_horovod as bh
+    bh = _build_horovod()
     for rel in bh.PATCHED_FILES:
         (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
         (tmp_path / rel).write_text("project(x)\nset(CMAKE_CXX_STANDARD 14)\n")
@@ -411,7 +421,7 @@ def test_horovod_patch_changes_both_cmakelists_and_fails_loudly(tmp_path):
 
 
 def test_horovod_cache_key_follows_what_the_libraries_depend_on():
-    from hpcsur.learn.distributed import build_horovod as bh
+    bh = _build_horovod()
     facts = bh.key_facts()
     assert facts["venv"] == str(Path(sys.prefix).resolve()) and facts["torch"] == torch.__version__
     assert facts["mpi"].startswith("mpich-")
