@@ -2,8 +2,9 @@
 
 Reads ``results/*.json`` (written by ``hpcsur evaluate``) and prints one Markdown table: per job and
 (loss, equivalent data) the training frames, the force evaluations, both error measures, the
-paper's number and the protocol. ``--readme`` rewrites the generated block of that file, so the
-README's numbers always come from the files the program wrote.
+paper's number, the label noise and the protocol. ``--readme`` rewrites the generated blocks of that file
+(``results``: results/*.json; ``ablations``: results/ablations/*.json, where the file has that block), so
+the README's numbers always come from the files the program wrote.
 """
 
 
@@ -16,9 +17,9 @@ def run(args):
     from pathlib import Path
 
     from hpcsur.errors import InputError
-    from hpcsur.ops.results import load_results, markdown_table, update_readme
+    from hpcsur.ops.results import BLOCKS, load_results, markdown_table, markers, update_readme
 
-    files = args.files or sorted(str(p) for p in Path("results").glob("*.json"))
+    files = args.files or sorted(str(p) for p in Path(BLOCKS["results"]).glob("*.json"))
     if not files:
         raise InputError("no results files given and none in results/ (run `hpcsur evaluate JOB` first)")
     table = markdown_table(load_results(files))
@@ -29,4 +30,11 @@ def run(args):
             raise InputError(f"--readme {readme}: file not found")
         changed = update_readme(readme, table)
         print(f"{readme}: results block {'updated' if changed else 'already current'}")
+        if not args.files:   # the other generated blocks the README has, each from its own folder
+            for block, folder in BLOCKS.items():
+                extra = sorted(str(p) for p in Path(folder).glob("*.json"))
+                if block == "results" or not extra or markers(block)[0] not in readme.read_text():
+                    continue
+                changed = update_readme(readme, markdown_table(load_results(extra), folder), block)
+                print(f"{readme}: {block} block {'updated' if changed else 'already current'}")
     return 0

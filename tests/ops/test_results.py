@@ -9,7 +9,7 @@ import pytest
 from hpcsur.errors import InputError
 from hpcsur.ops.jobspec import load_job
 from hpcsur.ops.paper import paper_value
-from hpcsur.ops.results import BEGIN, END, build_results, load_results, markdown_table, update_readme
+from hpcsur.ops.results import BEGIN, END, build_results, load_results, markdown_table, markers, update_readme
 
 ROOT = Path(__file__).resolve().parents[2]
 HPCSUR = str(Path(sys.executable).parent / "hpcsur")
@@ -65,6 +65,12 @@ def test_the_readme_table_is_the_one_the_results_files_give():
         return
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert block == markdown_table(load_results(files)).strip(), "run `hpcsur results --readme README.md`"
+    ablations = sorted(str(p) for p in (ROOT / "results" / "ablations").glob("*.json"))
+    begin, end = markers("ablations")
+    if ablations:
+        block = text.split(begin, 1)[1].split(end, 1)[0].strip()
+        assert block == markdown_table(load_results(ablations), "results/ablations").strip(), \
+            "run `hpcsur results --readme README.md`"
 
 
 def test_results_cli_bad_input_is_one_line(tmp_path):
