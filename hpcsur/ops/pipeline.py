@@ -29,41 +29,15 @@ from hpcsur.log import loopback_env
 from hpcsur.ops.jobspec import JobSpec
 from hpcsur.ops import stage_table
 from hpcsur.ops.stage_table import PIPELINE
-from hpcsur.ops.stages import encoded_path
 
 log = logging.getLogger("hpcsur.run")
 
 STAGES = PIPELINE
 
 
-def _complete_store(path: str) -> bool:
-    from hpcsur import store
-
-    return store.progress(path).complete
-
-
-def _latent_done_files(spec: JobSpec) -> list[Path]:
-    from hpcsur.learn.stages import run_name
-
-    return [Path(spec.run_dir) / "latent" / run_name(loss, size, seed) / "done.json"
-            for loss in spec.latent.losses for size in spec.latent.sizes for seed in spec.latent.seeds]
-
-
 def stage_done(spec: JobSpec, stage: str) -> bool:
-    """True when ``stage``'s outputs are complete (the report: newer than every trained model)."""
-    run = Path(spec.run_dir)
-    if stage == "generate":
-        return _complete_store(spec.store.path)
-    if stage == "train-ae":
-        return (run / "autoencoder" / "done.json").exists()
-    if stage == "encode":
-        return _complete_store(encoded_path(spec))
-    done = _latent_done_files(spec)
-    if stage == "train-latent":
-        return all(f.exists() for f in done)
-    report = run / "report.json"
-    return (report.exists() and all(f.exists() for f in done)
-            and report.stat().st_mtime >= max(f.stat().st_mtime for f in done))
+    """True when ``stage``'s outputs are complete (the stage table's check)."""
+    return stage_table.STAGES[stage].done(spec)
 
 
 def stage_command(job: str, stage: str, ranks: int, workers: int, backend: str | None = None) -> list[str]:

@@ -128,7 +128,7 @@ def store_inputs(path: str) -> dict[str, Any] | None:
 
 def stage_outputs(spec: JobSpec, stage: str) -> list[Path]:
     """What ``stage`` writes (removed when it is redone)."""
-    from hpcsur.ops.stages import encoded_path
+    from hpcsur.ops.stage_table import encoded_path
 
     run = Path(spec.run_dir)
     return {"generate": [Path(spec.store.path)],

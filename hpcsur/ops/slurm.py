@@ -220,6 +220,7 @@ def render_script(spec: JobSpec, stage: Stage, *, template: str, workdir: str, l
         "stage": stage.name, "job": _comment(spec.name), "workdir": shlex.quote(workdir),
         "setup": setup, "argv_note": note, "argv": argv, "launch": launch_words(spec, stage, mpiexec),
         "requeue": "1" if spec.slurm.requeue else "0", "stop": stop_command(spec, stage),
+        "timing": shlex.quote(os.path.join(log_dir, stage.name)),
     })
 
 
@@ -333,31 +334,62 @@ def _run(cmd: Sequence[str], timeout: float = 60) -> subprocess.CompletedProcess
         raise InputError(f"`{shlex.join(cmd)}` did not answer in {timeout:.0f} s (is slurmctld up?)") from None
 
 
+class SbatchRefused(InputError):
+    """sbatch did not take a script; the message is sbatch's own, on one line."""
+
+
+def sbatch(script: str, dependency: Optional[str] = None) -> str:
+    """The one Slurm submission client: ``sbatch --parsable [--dependency=D] SCRIPT`` -> the job id."""
+    if shutil.which("sbatch") is None:
+        raise InputError("sbatch not found: run on a Slurm login node (or start the local test cluster: "
+                         "slurm/local/start.sh)")
+    res = _run(["sbatch", "--parsable", *([f"--dependency={dependency}"] if dependency else []), script])
+    job_id = res.stdout.strip().split(";")[0]
+    if res.returncode != 0 or not job_id.isdigit():
+        raise SbatchRefused(" ".join(res.stderr.split()) or f"exit status {res.returncode}")
+    return job_id
+
+
+def scancel(job_ids: Sequence[str]) -> None:
+    """Cancel ``job_ids`` (best effort: a job that has already ended is no error)."""
+    if job_ids:
+        _run(["scancel", *job_ids])
+
+
+def stage_records(log_dir: str, stage: str, job_id: str) -> list[dict]:
+    """The structured records the batch script of ``stage`` wrote for job ``job_id``, one per run (a
+    requeued job runs again): ``job``, ``stage``, ``run``, ``host``, ``start``/``end`` (seconds since the
+    epoch) and ``status``. Empty when the job never started."""
+    path = Path(log_dir) / f"{stage}-{job_id}.timing.jsonl"
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return []
+    records = []
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:   # a run killed while writing its record
+            continue
+    return records
+
+
 def submit_plan(plan: Plan) -> list[dict]:
     """``sbatch --parsable`` each stage, chained by dependencies. Returns one record per stage.
 
     If a submission fails, the stages already submitted are cancelled (nothing is left half
     submitted) and sbatch's message becomes one error line.
     """
-    if shutil.which("sbatch") is None:
-        raise InputError("sbatch not found: run on a Slurm login node (or start the local test cluster: "
-                         "slurm/local/start.sh)")
     records: list[dict] = []
     for job in plan.jobs:
-        cmd = ["sbatch", "--parsable"]
         dependency = plan.dependency(records[-1]["job_id"]) if records else None
-        if dependency:
-            cmd.append(f"--dependency={dependency}")
-        cmd.append(job.script_path)
-        res = _run(cmd)
-        job_id = res.stdout.strip().split(";")[0]
-        if res.returncode != 0 or not job_id.isdigit():
-            if records:
-                _run(["scancel", *[r["job_id"] for r in records]])
-            message = " ".join(res.stderr.split()) or f"exit status {res.returncode}"
-            raise InputError(f"sbatch refused the {job.stage} stage: {message}"
+        try:
+            job_id = sbatch(job.script_path, dependency)
+        except SbatchRefused as err:
+            scancel([r["job_id"] for r in records])
+            raise InputError(f"sbatch refused the {job.stage} stage: {err}"
                              + (f" (cancelled the stages already submitted: "
-                                f"{', '.join(r['job_id'] for r in records)})" if records else ""))
+                                f"{', '.join(r['job_id'] for r in records)})" if records else "")) from None
         records.append({"stage": job.stage, "job_id": job_id, "array": job.array, "dependency": dependency,
                         "script": job.script_path})
     return records
@@ -504,7 +536,9 @@ def status(spec: JobSpec, workdir: str) -> dict:
         tasks = [{"job_id": r.get("JobId", s["job_id"]), "array_task": r.get("ArrayTaskId"),
                   "state": r.get("JobState", "UNKNOWN"), "reason": r.get("Reason", ""),
                   "run_time": r.get("RunTime", ""), "exit_code": r.get("ExitCode", ""),
-                  "restarts": r.get("Restarts", "")} for r in states[s["job_id"]]]
+                  "restarts": r.get("Restarts", ""),
+                  "runs": stage_records(str(Path(path).parent), s["stage"], r.get("JobId", s["job_id"]))}
+                 for r in states[s["job_id"]]]
         stages.append({"stage": s["stage"], "job_id": s["job_id"], "array": s.get("array"),
                        "dependency": s.get("dependency"), "tasks": tasks})
     if sub.get("members"):

@@ -24,14 +24,61 @@ import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Optional, Sequence
+from typing import Callable, Iterable, Optional, Sequence
 
 from hpcsur.errors import InputError
 
 
+# ----------------------------------------------------------------------------- a stage's outputs, and are they complete?
+def encoded_path(spec) -> str:
+    """The encoded store of a job (the encode stage's output): ``<run_dir>/encoded``."""
+    return str(Path(spec.run_dir) / "encoded")
+
+
+def _store_done(path: str) -> bool:
+    from hpcsur import store
+
+    return store.progress(path).complete
+
+
+def _latent_done_files(spec) -> list[Path]:
+    from hpcsur.learn.stages import run_name
+
+    return [Path(spec.run_dir) / "latent" / run_name(loss, size, seed) / "done.json"
+            for loss in spec.latent.losses for size in spec.latent.sizes for seed in spec.latent.seeds]
+
+
+def generate_done(spec) -> bool:
+    return _store_done(spec.store.path)
+
+
+def train_ae_done(spec) -> bool:
+    return (Path(spec.run_dir) / "autoencoder" / "done.json").exists()
+
+
+def encode_done(spec) -> bool:
+    return _store_done(encoded_path(spec))
+
+
+def train_latent_done(spec) -> bool:
+    return all(f.exists() for f in _latent_done_files(spec))
+
+
+def evaluate_done(spec) -> bool:
+    """The report exists and is newer than every trained model."""
+    report, done = Path(spec.run_dir) / "report.json", _latent_done_files(spec)
+    return (report.exists() and all(f.exists() for f in done)
+            and report.stat().st_mtime >= max(f.stat().st_mtime for f in done))
+
+
+def never_done(spec) -> bool:
+    return False
+
+
 @dataclass(frozen=True)
 class Stage:
-    """One pipeline stage: the hpcsur subcommand it runs and how it is launched."""
+    """One pipeline stage: the hpcsur subcommand it runs, how it is launched, and when its outputs are
+    complete (``done(spec)``: ``hpcsur run`` skips it then)."""
 
     name: str
     command: tuple[str, ...]   # hpcsur subcommand words
@@ -39,6 +86,7 @@ class Stage:
     resume: bool               # takes --resume (a requeued job continues)
     target: str = "job"        # its argument: "job" (the spec file) or "store" (the store path)
     backend: bool = False      # takes --backend (data-parallel training)
+    done: Callable[[object], bool] = never_done
 
     def argv(self, hpcsur: Sequence[str], job_path: str, store_path: str = "") -> list[str]:
         """The stage's command line, without a launcher."""
@@ -51,12 +99,12 @@ class Stage:
 
 
 STAGES: dict[str, Stage] = {s.name: s for s in (
-    Stage("generate", ("generate",), "ranks", resume=True),
+    Stage("generate", ("generate",), "ranks", resume=True, done=generate_done),
     Stage("verify", ("store", "verify"), "one", resume=False, target="store"),
-    Stage("train-ae", ("train-ae",), "workers", resume=True, backend=True),
-    Stage("encode", ("encode",), "ranks", resume=True),
-    Stage("train-latent", ("train-latent",), "workers", resume=True, backend=True),
-    Stage("evaluate", ("evaluate",), "one", resume=False),
+    Stage("train-ae", ("train-ae",), "workers", resume=True, backend=True, done=train_ae_done),
+    Stage("encode", ("encode",), "ranks", resume=True, done=encode_done),
+    Stage("train-latent", ("train-latent",), "workers", resume=True, backend=True, done=train_latent_done),
+    Stage("evaluate", ("evaluate",), "one", resume=False, done=evaluate_done),
 )}
 #: Every stage in the order stages run.
 ORDER = tuple(STAGES)

@@ -11,12 +11,9 @@ from pathlib import Path
 from hpcsur.errors import InputError
 from hpcsur.ops import provenance
 from hpcsur.ops.jobspec import JobSpec, dump_job
+from hpcsur.ops.stage_table import encoded_path  # noqa: F401  (also for the CLI)
 
 log = logging.getLogger("hpcsur.stages")
-
-
-def encoded_path(spec: JobSpec) -> str:
-    return str(Path(spec.run_dir) / "encoded")
 
 
 def save_resolved_spec(spec: JobSpec, rank: int = 0) -> Path:

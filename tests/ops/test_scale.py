@@ -329,6 +329,9 @@ def test_slurm_runs_one_job_per_point(tmp_path):
     for p in report["points"]:
         log = Path(p["directory"]) / f"generate-{p['job_id']}.out"
         assert "exited with status 0" in log.read_text()
+        (record,) = [json.loads(line) for line in
+                     (Path(p["directory"]) / f"generate-{p['job_id']}.timing.jsonl").read_text().splitlines()]
+        assert record["status"] == 0 and record["end"] >= record["start"]
         assert "#SBATCH --ntasks-per-node=%d" % p["ranks"] in (Path(p["directory"]) / "generate.sbatch").read_text()
     for r in report["rows"]:
         assert math.isfinite(r["efficiency"]) and r["efficiency"] > 0 and r["wall_s"] >= 0

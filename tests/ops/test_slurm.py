@@ -447,6 +447,9 @@ def test_two_rank_generate_then_dependent_stage(cluster, tmp_path):
     report = status_json(tmp_path, job)
     assert [(s["stage"], s["tasks"][0]["state"]) for s in report["stages"]] == [
         ("generate", "COMPLETED"), (DEPENDENT_STAGE, "COMPLETED")]
+    # each run's structured record (start, end, status) as the batch script wrote it
+    assert [[(r["stage"], r["status"]) for r in s["tasks"][0]["runs"]] for s in report["stages"]] == [
+        [("generate", 0)], [(DEPENDENT_STAGE, 0)]]
     assert report["stores"][0]["complete"] and report["stores"][0]["shards_complete"] == 12
     table = run_cli(tmp_path, "status", job.name).stdout
     assert "COMPLETED" in table and "12/12" in table
@@ -567,6 +570,9 @@ def test_hostile_paths_through_real_slurm(cluster, tmp_path):
     run_dir = tmp_path / f"runs {evil}"
     assert rec["JobState"] == "COMPLETED", (rec, sorted(p.name for p in tmp_path.iterdir()))
     assert "stage generate exited with status 0" in log_text(run_dir, "generate", gen["job_id"])
+    (record,) = slurm.stage_records(str(run_dir / "slurm"), "generate", gen["job_id"])  # structured, one run
+    assert (record["job"], record["stage"], record["run"], record["status"]) == (gen["job_id"], "generate", 1, 0)
+    assert record["end"] >= record["start"] > 1.7e9
     assert_complete(tmp_path / f"store {evil}")
     assert not list(tmp_path.rglob("pwned")), "a hostile string was executed"
 

@@ -127,7 +127,8 @@ The jobs are chained (``afterany``) so that no two points share the nodes, the t
 also wait ``afterok`` for the job that generates their store; every point must fit the cluster
 (``sinfo``: total CPUs and CPUs per node). ``hpcsur scale`` waits for them (polling
 ``scontrol``), reads the stage summaries from the jobs' logs (``<point>/<stage>-<id>.out``; wall
-time from the script's start/exit time stamps, 1 s resolution) and ``done.json``, and writes the
+time from the structured record the batch script writes per run, ``<stage>-<id>.timing.jsonl``) and
+``done.json``, and writes the
 same outputs. Ctrl-C cancels the jobs it submitted. ``--dry-run`` prints the scripts and
 dependencies and writes and submits nothing (locally it prints the command lines).
 
@@ -194,8 +195,6 @@ from hpcsur.ops.scale.report import (  # noqa: F401
 from hpcsur.ops.scale.run import (  # noqa: F401
     MODEL_EQUATIONS,
     PointFailed,
-    _END,
-    _START,
     check_fits_cluster,
     cluster_cpus,
     collect,

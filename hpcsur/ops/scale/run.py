@@ -16,6 +16,8 @@ from pathlib import Path
 from typing import Optional, Sequence
 
 from hpcsur.errors import InputError
+from hpcsur.log import log_tail
+from hpcsur.measure import Timed, load
 from hpcsur.ops.jobspec import dump_job
 from hpcsur.ops.scale.model import (TRAINING_TERMS, autoencoder_parameter_bytes, extrapolate,
                                     fit_model, generation_terms, point_counts)
@@ -51,29 +53,18 @@ def write_point(point: Point) -> None:
     tmp.replace(point.spec_path)
 
 
-def _tail(path: Path, lines: int = 3) -> str:
-    try:
-        text = path.read_text(errors="replace").strip().splitlines()
-    except OSError:
-        return ""
-    return " | ".join(text[-lines:])
-
-
 def run_local(point: Point, backend: Optional[str] = None) -> dict:
     """Run one point as a subprocess; returns what :func:`collect` reads, plus wall time and load."""
     write_point(point)
     cmd = launch_command(point, backend)
     out, err = Path(point.directory) / "stdout.log", Path(point.directory) / "stderr.log"
     log.info("%s: %s", point.name, " ".join(Path(c).name if i < 3 and "/" in c else c for i, c in enumerate(cmd)))
-    load0 = os.getloadavg()[0]
-    t0 = time.perf_counter()
-    with open(out, "w") as fo, open(err, "w") as fe:
+    with Timed() as timed, open(out, "w") as fo, open(err, "w") as fe:
         code = subprocess.call(cmd, stdout=fo, stderr=fe, env=_subprocess_env())
-    wall = time.perf_counter() - t0
-    load1 = os.getloadavg()[0]
     if code != 0:
-        raise PointFailed(f"point {point.name} failed (exit {code}): {_tail(err)} (log: {err})")
-    return collect(point, out.read_text(errors="replace"), err.read_text(errors="replace"), wall, load0, load1)
+        raise PointFailed(f"point {point.name} failed (exit {code}): {log_tail(err)} (log: {err})")
+    return collect(point, out.read_text(errors="replace"), err.read_text(errors="replace"), timed.wall,
+                   timed.load_before, timed.load_after)
 
 
 def _summary_line(stdout: str) -> dict:
@@ -202,35 +193,12 @@ def point_dependency(points: Sequence[Point], ids: Sequence[str], i: int) -> Opt
     return ",".join(parts) or None
 
 
-def _sbatch(script: str, dependency: Optional[str]) -> str:
-    cmd = ["sbatch", "--parsable"] + ([f"--dependency={dependency}"] if dependency else []) + [script]
-    try:
-        res = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
-    except subprocess.TimeoutExpired:
-        raise InputError("sbatch did not answer in 60 s (is slurmctld up?)") from None
-    job_id = res.stdout.strip().split(";")[0]
-    if res.returncode != 0 or not job_id.isdigit():
-        raise InputError(f"sbatch refused {script}: {' '.join(res.stderr.split()) or f'exit {res.returncode}'}")
-    return job_id
+def slurm_wall(point: Point, job_id: str) -> Optional[float]:
+    """Seconds of the point's last run, from the structured record its batch script wrote."""
+    from hpcsur.ops import slurm
 
-
-def _scancel(ids: Sequence[str]) -> None:
-    if ids:
-        subprocess.run(["scancel", *ids], capture_output=True, timeout=60)
-
-
-_START = re.compile(r"^hpcsur: job \S+ stage \S+, run \d+, on \S+, (\S+)$", re.M)
-_END = re.compile(r"^hpcsur: stage \S+ exited with status (\d+), (\S+)$", re.M)
-
-
-def slurm_wall(log_text: str) -> Optional[float]:
-    """Seconds between the batch script's last start stamp and its exit stamp (1 s resolution)."""
-    from datetime import datetime
-
-    starts, ends = _START.findall(log_text), _END.findall(log_text)
-    if not starts or not ends:
-        return None
-    return (datetime.fromisoformat(ends[-1][1]) - datetime.fromisoformat(starts[-1])).total_seconds()
+    records = slurm.stage_records(point.directory, point.stage, job_id)
+    return records[-1]["end"] - records[-1]["start"] if records else None
 
 
 def run_slurm(points: Sequence[Point], workdir: str, poll: float = 2.0) -> dict[str, dict]:
@@ -247,7 +215,7 @@ def run_slurm(points: Sequence[Point], workdir: str, poll: float = 2.0) -> dict[
     try:
         for i, p in enumerate(points):
             dep = point_dependency(points, ids, i)
-            ids.append(_sbatch(scripts[i], dep))
+            ids.append(slurm.sbatch(scripts[i], dep))
             log.info("%s: submitted job %s%s", p.name, ids[-1], f" (after {dep})" if dep else "")
         ended: dict[str, tuple[str, str]] = {}
         load_at = {}  # job id -> load average when first seen running, and when seen ended
@@ -256,15 +224,15 @@ def run_slurm(points: Sequence[Point], workdir: str, poll: float = 2.0) -> dict[
             for job_id, recs in states.items():
                 state = recs[0].get("JobState", "UNKNOWN")
                 if state == "RUNNING":
-                    load_at.setdefault(job_id, [os.getloadavg()[0]])
+                    load_at.setdefault(job_id, [load()])
                 elif state not in slurm.ACTIVE:
                     ended[job_id] = (state, recs[0].get("ExitCode", ""))
-                    load_at.setdefault(job_id, [os.getloadavg()[0]]).append(os.getloadavg()[0])
+                    load_at.setdefault(job_id, [load()]).append(load())
                     log.info("job %s: %s", job_id, state)
             if len(ended) < len(ids):
                 time.sleep(poll)
     except (KeyboardInterrupt, InputError):
-        _scancel([j for j in ids])
+        slurm.scancel(ids)
         raise
     results = {}
     for p, job_id in zip(points, ids):
@@ -273,10 +241,10 @@ def run_slurm(points: Sequence[Point], workdir: str, poll: float = 2.0) -> dict[
         out = Path(p.directory) / f"{p.stage}-{job_id}.out"
         err = Path(p.directory) / f"{p.stage}-{job_id}.err"
         if state != "COMPLETED":
-            raise PointFailed(f"point {p.name}: Slurm job {job_id} ended {state} (exit {code}): {_tail(err)} "
+            raise PointFailed(f"point {p.name}: Slurm job {job_id} ended {state} (exit {code}): {log_tail(err)} "
                               f"(log: {out})")
         text = out.read_text(errors="replace") if out.exists() else ""
-        wall = slurm_wall(text)
+        wall = slurm_wall(p, job_id)
         results[p.name] = collect(p, text, err.read_text(errors="replace") if err.exists() else "",
                                   wall if wall is not None else float("nan"), load0, load1)
         results[p.name]["job_id"] = job_id
