@@ -25,14 +25,13 @@ Prints one JSON object as the last stdout line.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
-import time
 
 import numpy as np
 from numba import njit
 
+from hpcsur.measure import emit, time_runs
 from hpcsur.systems import stencils
 from hpcsur.systems.allen_cahn import AllenCahn, AllenCahnParams, reference_epsilon
 
@@ -49,12 +48,7 @@ def _copy(src, dst):
 
 def best_time(fn, repeats: int) -> float:
     """Best wall time of ``repeats`` calls (the least-disturbed run on a shared machine)."""
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+    return time_runs(fn, repeats).best
 
 
 def copy_bandwidth(n_elems: int, repeats: int) -> dict:
@@ -128,7 +122,7 @@ def main() -> None:
         "achieved_over_absolute_bound": achieved / (max(same_size.values()) * 1e9 / ABS_MIN_BYTES_PER_POINT),
         "stagewise_effective_GBps": points / t_stagewise * STAGEWISE_BYTES_PER_POINT / 1e9,
     }
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

@@ -13,12 +13,13 @@ Prints one JSON object as the last stdout line:
 """
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
 import tempfile
 import time
+
+from hpcsur.measure import emit
 
 N_CELLS = 20
 STEPS = 100
@@ -145,7 +146,7 @@ def main() -> None:
         "final_temp": {"hpcsur": ours["temp"], "lammps": float(lmp["temp"])},
         "final_press": {"hpcsur": ours["press"], "lammps": float(lmp["press"])},
     }
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

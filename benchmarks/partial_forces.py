@@ -9,14 +9,13 @@ full / partial. Prints one JSON object as the last stdout line.
 """
 from __future__ import annotations
 
-import json
 import os
-import time
 
 os.environ.setdefault("NUMBA_NUM_THREADS", "1")
 
 import numpy as np  # noqa: E402
 
+from hpcsur.measure import emit, time_runs  # noqa: E402
 from hpcsur.systems.lennard_jones import LennardJones, random_positions  # noqa: E402
 
 SIZES = (800, 2700, 6400, 21600, 51200)
@@ -34,15 +33,6 @@ def configuration(n: int, rng: np.random.Generator):
     return random_positions(n, box, rng, min_dist=0.9), box
 
 
-def median_time(fn, repeats: int) -> float:
-    times = np.empty(repeats)
-    for r in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times[r] = time.perf_counter() - t0
-    return float(np.median(times))
-
-
 def bench_size(n: int, rng: np.random.Generator) -> dict:
     pos, box = configuration(n, rng)
     lj = LennardJones(box, n_atoms=n)
@@ -52,9 +42,9 @@ def bench_size(n: int, rng: np.random.Generator) -> dict:
         lj.partial_forces(pos, rng.choice(n, K, replace=False), cells=cells)
     index_sets = [rng.choice(n, K, replace=False) for _ in range(PARTIAL_REPEATS)]
     it = iter(index_sets)
-    partial = median_time(lambda: lj.partial_forces(pos, next(it), cells=cells), PARTIAL_REPEATS)
-    binning = median_time(lambda: lj.bin(pos), 20)
-    full = median_time(lambda: lj.forces(pos), FULL_REPEATS)
+    partial = time_runs(lambda: lj.partial_forces(pos, next(it), cells=cells), PARTIAL_REPEATS).median
+    binning = time_runs(lambda: lj.bin(pos), 20).median
+    full = time_runs(lambda: lj.forces(pos), FULL_REPEATS).median
     return {"atoms": n, "partial_us": round(partial * 1e6, 2), "binning_ms": round(binning * 1e3, 3),
             "full_ms": round(full * 1e3, 3), "speedup_full_over_partial": round(full / partial, 1)}
 
@@ -73,7 +63,7 @@ def main() -> None:
         "partial_max_over_min": round(float(partial.max() / partial.min()), 3),
         "speedup_at_51200": rows[-1]["speedup_full_over_partial"],
     }
-    print(json.dumps(result))
+    emit(result)
 
 
 if __name__ == "__main__":

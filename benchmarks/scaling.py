@@ -54,6 +54,8 @@ from pathlib import Path
 
 import numpy as np
 
+from hpcsur.measure import emit, load
+
 ROOT = Path(__file__).resolve().parents[1]
 
 LJ_CELLS, LJ_RHO, LJ_RC, LJ_DT, LJ_T, LJ_WARM = 20, 0.8442, 2.5, 0.005, 1.44, 50
@@ -405,7 +407,7 @@ def main():
         worker(args)
         return
     t_start = time.perf_counter()
-    load_before = os.getloadavg()
+    load_before = load()
     r1, r2 = launch(1, args), launch(2, args)
     out = {"benchmark": "scaling_1_to_2_ranks", "host": platform.node(), "cpus": os.cpu_count(),
            "numba_threads": [r1["numba_threads"], r2["numba_threads"]]}
@@ -420,8 +422,8 @@ def main():
     out["mpi_latency_s"] = r2["latency_s"]
     out["mpi_waits"] = "yield" if args.yield_waits else "busy-poll"
     out["wall_s"] = time.perf_counter() - t_start
-    out["load_avg_1min"] = [load_before[0], os.getloadavg()[0]]
-    print(json.dumps(out))
+    out["load_avg_1min"] = [load_before, load()]
+    emit(out)
 
 
 if __name__ == "__main__":

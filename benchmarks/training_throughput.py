@@ -78,7 +78,6 @@ import json
 import math
 import os
 import platform
-import resource
 import shutil
 import statistics
 import subprocess
@@ -88,6 +87,8 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from hpcsur.measure import emit, peak_rss_mb, time_runs
 
 ROOT = Path(__file__).resolve().parents[1]
 VENV_BIN = Path(sys.executable).parent
@@ -113,10 +114,6 @@ RECIPES = ("reference_dataloader", "reference_indexed", "hpcsur_none_1", "hpcsur
 # ----------------------------------------------------------------------------- shared helpers
 def loadavg() -> list[float]:
     return [round(x, 2) for x in os.getloadavg()]
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
 
 
 def thread_info() -> dict:
@@ -449,13 +446,8 @@ def reference_worker(args) -> None:
 
 def _median_time(fn, repeats: int) -> tuple[float, float]:
     """(median wall, median CPU) seconds of ``fn()``."""
-    wall, cpu = [], []
-    for _ in range(repeats):
-        t, c = time.perf_counter(), time.process_time()
-        fn()
-        wall.append(time.perf_counter() - t)
-        cpu.append(time.process_time() - c)
-    return statistics.median(wall), statistics.median(cpu)
+    runs = time_runs(fn, repeats)
+    return runs.median, runs.cpu_median
 
 
 def step_parts(stream, steps: int, stats: dict, p_eff: float, backend) -> dict:
@@ -932,7 +924,7 @@ def main():
                                                                   / hp["bytes_per_sample_batch"])
     out["wall_s"] = time.perf_counter() - t_start
     out["load_avg"] = [load_before, loadavg()]
-    print(json.dumps(out))
+    emit(out)
 
 
 if __name__ == "__main__":

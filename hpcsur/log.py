@@ -212,3 +212,14 @@ class Progress:
     def close(self) -> None:
         if self.enabled and self.tty and self.done < self.total:
             self.stream.write("\n")
+
+
+def log_tail(path, lines: int = 3) -> str:
+    """The last ``lines`` lines of a log file joined with `` | `` (for one-line error messages); "" when unreadable."""
+    from pathlib import Path
+
+    try:
+        text = Path(path).read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return ""
+    return " | ".join(text[-lines:])

@@ -216,7 +216,7 @@ def latent_runs(latent: cfg.Latent, attrs: dict, available: int, losses=None, se
 def validation_scorer(encoded: str, split, substeps: int, n_obs: int):
     """scorer(model) = mean over the validation trajectories of the observables' rollout error
     (the reference code's non-squared metric); needs encoded states only, no forces."""
-    from hpcsur.learn.evaluate import rollout, trajectory_errors, trajectory_paths
+    from hpcsur.learn.rollout import rollout, trajectory_errors, trajectory_paths
 
     t, z_true = trajectory_paths(encoded, list(split.trajectories("validation")))
 
