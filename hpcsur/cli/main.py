@@ -9,7 +9,7 @@ import argparse
 import importlib
 import sys
 
-from hpcsur.errors import EXIT_ENVIRONMENT, EXIT_INPUT, EnvironmentProblem, InputError
+from hpcsur.errors import EXIT_ENVIRONMENT, EXIT_INPUT, DataError, EnvironmentProblem, InputError
 
 # subcommand -> (module under hpcsur.cli, one-line help)
 COMMANDS = {
@@ -55,6 +55,11 @@ def main(argv=None) -> int:
     setup_logging(args.log_level)
     try:
         return int(args._run(args) or 0)
+    except DataError as err:
+        # raised by the rank that read (or computed on) the bad data, alone: it reports, the others stop
+        print(f"hpcsur {args.command}: error{_rank_tag()}: {err}", file=sys.stderr)
+        _abort_other_ranks(quiet=True, code=EXIT_INPUT)
+        return EXIT_INPUT
     except InputError as err:
         if _mpi_rank() == 0:  # under mpiexec every rank raises the same error: report it once
             print(f"hpcsur {args.command}: error: {err}", file=sys.stderr)
@@ -102,8 +107,8 @@ def _mpi_rank() -> int:
     return mpi.COMM_WORLD.Get_rank()
 
 
-def _abort_other_ranks(quiet: bool = False) -> None:
-    """An unexpected error on one rank must not leave the others blocked in MPI forever."""
+def _abort_other_ranks(quiet: bool = False, code: int | None = None) -> None:
+    """An error on one rank must not leave the others blocked in MPI forever."""
     mpi = sys.modules.get("mpi4py.MPI")
     if mpi is not None and mpi.Is_initialized() and not mpi.Is_finalized() and mpi.COMM_WORLD.Get_size() > 1:
         if not quiet:
@@ -111,7 +116,7 @@ def _abort_other_ranks(quiet: bool = False) -> None:
 
             traceback.print_exc()
         sys.stderr.flush()
-        mpi.COMM_WORLD.Abort(EXIT_ENVIRONMENT if quiet else 1)
+        mpi.COMM_WORLD.Abort(code if code is not None else EXIT_ENVIRONMENT if quiet else 1)
 
 
 if __name__ == "__main__":

@@ -44,7 +44,7 @@ import torch
 from torch import nn
 from torch.func import jacfwd, jacrev, vmap
 
-from hpcsur.learn.losses import leverage_scores
+from hpcsur.learn.losses import check_rank, leverage_scores
 from hpcsur.learn.nets import mlp
 from hpcsur.learn.observables import Observable
 
@@ -110,8 +110,11 @@ class ClosureAutoencoder(nn.Module):
 
 
 def condition_number(j: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
-    """kappa(J J^T) = lambda_max / lambda_min per frame, from the eigenvalues of the d x d Gram matrix."""
+    """kappa(J J^T) = lambda_max / lambda_min per frame, from the eigenvalues of the d x d Gram matrix;
+    :class:`hpcsur.learn.losses.RankDeficientJacobian` for a frame where it is numerically singular (its
+    (kappa - 1)^2 would make the loss infinite and the weights NaN)."""
     gram = j @ j.transpose(-1, -2)
+    check_rank(gram)
     lam = torch.linalg.eigvalsh(gram)
     return lam[..., -1] / lam[..., 0].clamp_min(eps)
 

@@ -26,7 +26,8 @@ from torch.func import jacfwd, vmap
 from hpcsur import store as zstore
 from hpcsur.errors import InputError
 from hpcsur.learn.autoencoder import ClosureAutoencoder
-from hpcsur.learn.losses import coherence, full_triple, gram_cholesky, partial_pinv_rows, residual_triple
+from hpcsur.learn.losses import (RankDeficientJacobian, coherence, full_triple, gram_cholesky, partial_pinv_rows,
+                                 residual_triple)
 from hpcsur.log import Progress
 from hpcsur.systems.base import Layout
 
@@ -67,7 +68,11 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
             z = ae.encode(xt)
             with torch.enable_grad():
                 j = ae.jacobian(xt).detach()
-            chol = gram_cholesky(j)
+            try:
+                chol = gram_cholesky(j)
+            except RankDeficientJacobian as err:
+                err.row += a                 # the frame's row in the whole block
+                raise
             tangent = vmap(jacfwd(ae.decode))(z) if right_inverse == "decoder" else None   # (B, N, d)
             per_draw = {name: [] for name in ("lxp_R", "lxp_y", "lxp_r2", "jf_est")}
             for draw in range(draws):
@@ -146,11 +151,15 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
     total = comm.allreduce(len(todo))
     progress = Progress(total * schema.frames_per_shard, unit="frames", label="encode",
                         enabled=show_progress and rank == 0)
-    names = ["x", "idx", "f_partial", "t", "traj"] + (["f_full"] if schema.full_labels else [])
+    names = ["x", "idx", "f_partial", "t", "traj", "step"] + (["f_full"] if schema.full_labels else [])
     for s in todo:
         block = src.shard(s, names)
-        encoded = encode_block(ae, layout, block["x"], block["idx"], block["f_partial"], block.get("f_full"),
-                               right_inverse)
+        try:
+            encoded = encode_block(ae, layout, block["x"], block["idx"], block["f_partial"], block.get("f_full"),
+                                   right_inverse)
+        except RankDeficientJacobian as err:
+            raise err.at(f"trajectory {int(block['traj'][err.row])}, step {int(block['step'][err.row])} "
+                         f"(t = {float(block['t'][err.row]):.6g}, shard {s})", "encode") from None
         writer.write(s, {"t": block["t"], "traj": block["traj"], **encoded})
         progress.update(schema.frames_per_shard * size)
     progress.close()

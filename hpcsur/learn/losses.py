@@ -32,10 +32,52 @@ from __future__ import annotations
 
 import torch
 
+from hpcsur.errors import DataError
+
+#: kappa(J J^T) beyond which a frame's encoder Jacobian counts as rank-deficient. Float32 training sees kappa
+#: only up to ~1e7-1e8 (rounding of the Gram matrix); beyond 1e12 (in float64) a row of J is zero or
+#: dependent (e.g. the observable's gradient vanishes), and (kappa - 1)^2 would wreck the training.
+KAPPA_LIMIT = 1e12
+
+
+class RankDeficientJacobian(DataError):
+    """J J^T of some frame is numerically singular; ``row`` is its index in the batch, ``kappa`` its condition."""
+
+    def __init__(self, row: int, kappa: float, count: int, total: int):
+        self.row, self.kappa, self.count, self.total = row, kappa, count, total
+        super().__init__(f"the encoder Jacobian is numerically rank-deficient (kappa(J J^T) = {kappa:.3g}; "
+                         f"{count} of {total} frame(s) of this batch)")
+
+    def at(self, where: str, stage: str) -> DataError:
+        """The one line a stage reports: which frame, kappa, and what to do."""
+        return DataError(f"{stage}: the encoder Jacobian is numerically rank-deficient at {where} "
+                         f"(kappa(J J^T) = {self.kappa:.3g}; {self.count} of {self.total} frame(s) of the batch): "
+                         "the observable's gradient vanishes there (e.g. an Allen-Cahn torus that has vanished), so "
+                         "no latent dynamics can be learned from it; end the job before it ([simulation] steps)")
+
+
+def check_rank(gram: torch.Tensor) -> torch.Tensor:
+    """kappa(J J^T) per frame from the Gram matrices ``gram`` (..., d, d), computed in float64 and detached;
+    raises :class:`RankDeficientJacobian` naming the first frame that is non-finite or beyond :data:`KAPPA_LIMIT`."""
+    gram = gram.detach().double()
+    finite = torch.isfinite(gram).flatten(-2).all(-1)
+    lam = torch.linalg.eigvalsh(torch.where(finite[..., None, None], gram, torch.eye(gram.shape[-1], dtype=gram.dtype)))
+    top, low = lam[..., -1], lam[..., 0]
+    singular = ~finite | (low <= top / KAPPA_LIMIT)
+    if bool(singular.any()):
+        bad = singular.nonzero().flatten()
+        i = int(bad[0])
+        kappa = float("nan") if not bool(finite[i]) else float(top[i] / low[i]) if float(low[i]) > 0 else float("inf")
+        raise RankDeficientJacobian(i, kappa, int(bad.numel()), int(gram.shape[0]))
+    return top / low
+
 
 def gram_cholesky(j: torch.Tensor) -> torch.Tensor:
-    """C with C C^T = J J^T (batched, lower triangular)."""
-    return torch.linalg.cholesky(j @ j.transpose(-1, -2))
+    """C with C C^T = J J^T (batched, lower triangular); :class:`RankDeficientJacobian` where J J^T is
+    numerically singular."""
+    gram = j @ j.transpose(-1, -2)
+    check_rank(gram)
+    return torch.linalg.cholesky(gram)
 
 
 def partial_pinv_rows(j: torch.Tensor, cols: torch.Tensor, chol: torch.Tensor | None = None) -> torch.Tensor:

@@ -24,7 +24,7 @@ from hpcsur.learn import config as cfg
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoencoder_loss
 from hpcsur.learn.data import BatchStream, frame_moments, safe_std, split_of
 from hpcsur.learn.latent import LatentDynamics, LatentShape
-from hpcsur.learn.losses import LOSS_ARRAYS, TARGET_ARRAY, batch_loss
+from hpcsur.learn.losses import LOSS_ARRAYS, TARGET_ARRAY, RankDeficientJacobian, batch_loss
 from hpcsur.learn.observables import observable_from_attrs
 from hpcsur.learn.train import DONE, FitConfig, fit, load_best, write_json_atomic
 from hpcsur.store import open_dataset
@@ -42,8 +42,13 @@ class AutoencoderLoss(nn.Module):
         self.lambda_coherence, self.lambda_tangent = lambda_coherence, lambda_tangent
 
     def forward(self, batch):
-        return autoencoder_loss(self.model, batch["x"], self.lambda_cond, self.cond_rows, self.lambda_coherence,
-                                self.lambda_tangent)
+        try:
+            return autoencoder_loss(self.model, batch["x"], self.lambda_cond, self.cond_rows, self.lambda_coherence,
+                                    self.lambda_tangent)
+        except RankDeficientJacobian as err:
+            where = (f"trajectory {int(batch['traj'][err.row])}, step {int(batch['step'][err.row])}"
+                     if "traj" in batch and "step" in batch else f"row {err.row} of a batch")
+            raise err.at(where, "train-ae") from None
 
 
 class LatentLoss(nn.Module):
@@ -136,8 +141,9 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     meta = autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae)
     common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
-    train_stream = BatchStream(store, ["x"], (g0, g1), ae.batch, **common)
-    val_stream = BatchStream(store, ["x"], sp.frames("validation"), ae.batch, training=False, **common)
+    names = ["x", "traj", "step"]   # traj, step: to name a frame the loss cannot use
+    train_stream = BatchStream(store, names, (g0, g1), ae.batch, **common)
+    val_stream = BatchStream(store, names, sp.frames("validation"), ae.batch, training=False, **common)
     protocol = (dict(optimizer="adam", betas=(0.9, 0.95), schedule_on="none", select="last")
                 if ae.recipe == "reference" else dict(optimizer="adamw_amsgrad", schedule_on="val", select="val_loss"))
     config = FitConfig(epochs=ae.epochs, lr=scaled_lr(ae.lr, backend.size, train.lr_scaling),

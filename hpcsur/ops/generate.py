@@ -62,6 +62,11 @@ class Plan:
         return traj * self.shards_per_traj + block
 
 
+def real_bytes(spec: JobSpec) -> int:
+    """Bytes of one stored state or force value (``[labels] precision``)."""
+    return 4 if spec.labels.precision == "float32" else 8
+
+
 def choose_grid(spec: JobSpec, size: int) -> tuple[int, ...]:
     """The rank grid: the spec's, or all ranks on the ensemble (one rank per trajectory) when there
     are at least as many trajectories as ranks, else a balanced Cartesian grid."""
@@ -86,7 +91,8 @@ def make_plan(spec: JobSpec, system, size: int) -> Plan:
     frames = spec.simulation.frames_per_trajectory
     layout = system.layout
     k = n_chosen(spec.labels.p, layout.n_blocks)
-    bytes_per_frame = 8 * (layout.size * (2 if spec.labels.full else 1) + spec.labels.draws * k * (layout.block_size + 1))
+    bytes_per_frame = (real_bytes(spec) * layout.size * (2 if spec.labels.full else 1)
+                       + spec.labels.draws * k * (real_bytes(spec) * layout.block_size + 8))
     if spec.store.frames_per_shard is not None:
         fps = spec.store.frames_per_shard
         if frames % fps:
@@ -135,8 +141,8 @@ def prepare_store(spec: JobSpec, system, plan: Plan, comm, resume: bool):
         n_state=system.layout.size, k=plan.k, m=system.layout.block_size,
         n_obs=len(system.observable_names), full_labels=spec.labels.full,
         frames_per_shard=plan.frames_per_shard,
-        chunk_frames=zstore.choose_chunk_frames(plan.frames_per_shard, 8 * system.layout.size),
-        draws=spec.labels.draws)
+        chunk_frames=zstore.choose_chunk_frames(plan.frames_per_shard, real_bytes(spec) * system.layout.size),
+        draws=spec.labels.draws, precision=spec.labels.precision)
 
     def create_or_open():
         lock = zstore.acquire_lock(path)
@@ -215,6 +221,10 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
         if not blocks:
             continue
         first = blocks[0]
+        if spec.labels.precision == "float32":
+            # the stored last frame is rounded: a resumed trajectory recomputes from its initial state
+            # (writing only the missing shards), so its data are bit-identical to an uninterrupted run
+            first = 0
         if first == 0:
             x_start = initial_state(spec, system, traj)
         else:  # resume: the stored last frame of the shard before the first incomplete one

@@ -116,6 +116,10 @@ class Labels:
     full: bool = field(False, doc="also store the forces on all blocks (L_z / L_x baselines)")
     draws: int = field(1, ge=1, le=64, doc="independent index sets per frame; latent seed s trains on draw s mod draws "
                                            "(the labelling cost grows with draws x |I|, never with N)")
+    precision: str = field("float64", choices=("float64", "float32"),
+                           doc="stored precision of the states and forces (half the disk in float32); the physics "
+                               "runs in float64 either way, and a resumed float32 trajectory restarts from its "
+                               "initial state so that it stays bit-identical")
 
 
 @dataclass(frozen=True)
@@ -391,10 +395,22 @@ class JobSpec:
         """A hash of everything that determines the generated data (not the store path)."""
         everything = self.to_dict()  # not the store path, rank grid or learning: the data alone
         tables = {name: everything[name] for name in DATA_SECTIONS if name in everything}
+        for key, default in LATE_DEFAULTS.items():
+            table, name = key.split(".")
+            if tables.get(table, {}).get(name) == default:
+                tables[table] = {k: v for k, v in tables[table].items() if k != name}
         return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
 
 
 DATA_SECTIONS = ("system", "simulation", "initial", "labels")
+#: Data fields added after stores existed, with the default that reproduces what those stores hold: at that
+#: default they are left out of the data hash and the stage provenance, so older stores and runs stay current.
+LATE_DEFAULTS = {"labels.precision": "float64"}
+
+
+def without_late_defaults(flat: dict[str, Any]) -> dict[str, Any]:
+    """``flat`` without the :data:`LATE_DEFAULTS` fields that hold their default."""
+    return {k: v for k, v in flat.items() if k not in LATE_DEFAULTS or v != LATE_DEFAULTS[k]}
 #: Optional sections: table name -> dataclass (None in JobSpec when absent, unless it has defaults).
 OPTIONAL_SECTIONS = {"output": Output, "split": Split, "autoencoder": Autoencoder, "latent": Latent,
                      "train": Train, "evaluate": Evaluate, "slurm": Slurm, "campaign": Campaign}

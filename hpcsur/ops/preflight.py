@@ -67,7 +67,8 @@ def estimate(spec: JobSpec, ranks: int = 1) -> Estimate:
     N = m * n
     k = n_chosen(spec.labels.p, n)
     frames = spec.simulation.trajectories * spec.simulation.frames_per_trajectory
-    per_frame = 8 * (N * (2 if spec.labels.full else 1) + spec.labels.draws * k * (m + 1) + 4 + 8)
+    real = 4 if spec.labels.precision == "float32" else 8
+    per_frame = real * N * (2 if spec.labels.full else 1) + spec.labels.draws * k * (real * m + 8) + 8 * (4 + 8)
     d = spec.autoencoder.latent_dim if spec.autoencoder else 0
     encoded = 8 * (d + spec.labels.draws * (d * d + 2 * d + 1) + 4
                    + ((d * d + 3 * d + 1) if spec.labels.full else 0)) if d else 0

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from hpcsur.errors import InputError
-from hpcsur.ops.jobspec import DATA_SECTIONS, JobSpec
+from hpcsur.ops.jobspec import DATA_SECTIONS, JobSpec, without_late_defaults
 from hpcsur.ops.stage_table import PIPELINE as STAGES  # the pipeline stages with outputs
 
 #: [latent] keys that choose *which* runs exist rather than what each run is
@@ -46,7 +46,7 @@ def flatten(tables: dict, prefix: str = "") -> dict[str, Any]:
 
 def _tables(spec: JobSpec, names) -> dict[str, Any]:
     everything = spec.to_dict()
-    return flatten({name: everything.get(name, {}) for name in names})
+    return without_late_defaults(flatten({name: everything.get(name, {}) for name in names}))
 
 
 def stage_inputs(spec: JobSpec, stage: str) -> dict[str, Any]:
@@ -121,7 +121,8 @@ def store_inputs(path: str) -> dict[str, Any] | None:
 
     try:
         text = store.open_dataset(path, verify=False).attrs.get("resolved_spec")
-        return flatten({k: v for k, v in tomllib.loads(text).items() if k in DATA_SECTIONS}) if text else None
+        return (without_late_defaults(flatten({k: v for k, v in tomllib.loads(text).items() if k in DATA_SECTIONS}))
+                if text else None)
     except (InputError, tomllib.TOMLDecodeError, TypeError):
         return None
 

@@ -27,6 +27,9 @@ FLOAT_FILL = float("nan")
 INT_FILL = -1
 #: What a dataset's frames hold (see :func:`array_specs`).
 CONTENTS = ("trajectories", "encoded")
+#: The stored precision of a trajectory dataset's states and forces (``x``, ``f_partial``, ``f_full``); the
+#: physics always runs in float64, and times, steps and observables are stored in float64 either way.
+PRECISIONS = ("float64", "float32")
 
 
 @dataclass(frozen=True)
@@ -79,8 +82,11 @@ class DatasetSchema:
     latent_dim: int = 0
     draws: int = 1
     encoder_stats: bool = False
+    precision: str = "float64"
 
     def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise InputError(f"schema.precision: {self.precision!r} is not one of {', '.join(PRECISIONS)}")
         if self.content not in CONTENTS:
             raise InputError(f"schema.content: {self.content!r} is not one of {', '.join(CONTENTS)}")
         if self.content == "encoded" and (isinstance(self.latent_dim, bool) or not isinstance(
@@ -88,7 +94,7 @@ class DatasetSchema:
             raise InputError(f"schema.latent_dim: an encoded dataset needs latent_dim >= 1, got {self.latent_dim!r}")
         for f in fields(self):
             value = getattr(self, f.name)
-            if f.name in ("content", "latent_dim"):
+            if f.name in ("content", "latent_dim", "precision"):
                 continue
             if f.name in ("full_labels", "encoder_stats"):
                 if not isinstance(value, (bool, np.bool_)):
@@ -190,17 +196,18 @@ def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
             names += [("jf", (d,)), ("lx_R", (d, d)), ("lx_y", (d,)), ("lx_r2", ())]
         return {name: ArraySpec(name, (n, *shape), "int32" if name == "traj" else "float64",
                                 INT_FILL if name == "traj" else FLOAT_FILL) for name, shape in names}
+    real = schema.precision   # the stored states and forces; times and observables stay float64
     specs = [
-        ArraySpec("x", (n, schema.n_state), "float64", FLOAT_FILL),
+        ArraySpec("x", (n, schema.n_state), real, FLOAT_FILL),
         ArraySpec("t", (n,), "float64", FLOAT_FILL),
         ArraySpec("step", (n,), "int64", INT_FILL),
         ArraySpec("traj", (n,), "int32", INT_FILL),
         ArraySpec("idx", (n, D, schema.k), "int64", INT_FILL),
-        ArraySpec("f_partial", (n, D, schema.k, schema.m), "float64", FLOAT_FILL),
+        ArraySpec("f_partial", (n, D, schema.k, schema.m), real, FLOAT_FILL),
         ArraySpec("phi", (n, schema.n_obs), "float64", FLOAT_FILL),
     ]
     if schema.full_labels:
-        specs.append(ArraySpec("f_full", (n, schema.n_state), "float64", FLOAT_FILL))
+        specs.append(ArraySpec("f_full", (n, schema.n_state), real, FLOAT_FILL))
     return {a.name: a for a in specs}
 
 

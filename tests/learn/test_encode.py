@@ -104,3 +104,31 @@ def test_the_decoder_right_inverse_gives_the_triples_of_the_decoders_jacobian():
             res = out["lxp_y"][i, a] - out["lxp_R"][i, a] @ g[i]
             want = np.sum((f_full[i][cols] - tangent[i][cols] @ g[i]) ** 2)
             assert np.isclose(res @ res + out["lxp_r2"][i, a], want, rtol=1e-7)
+
+
+def test_a_frame_without_observable_gradient_is_named_not_a_traceback():
+    """Allen-Cahn at v = -1 everywhere (a vanished torus): the free energy's gradient is exactly zero, so J J^T is
+    singular; encode_block names that frame's row (RankDeficientJacobian), healthy frames pass."""
+    from hpcsur.learn.losses import KAPPA_LIMIT, RankDeficientJacobian, check_rank
+    from hpcsur.systems.allen_cahn import AllenCahn, AllenCahnParams, free_energy_observable
+
+    torch.manual_seed(0)
+    n = 8
+    ac = AllenCahn(AllenCahnParams(n=n, epsilon=0.05))
+    layout = Layout(1, n * n)
+    ae = ClosureAutoencoder(AutoencoderShape(n * n, 1, 3, (8,), "tanh"),
+                            free_energy_observable({"n": n, "epsilon": 0.05}, {})).double()
+    x = np.stack([ac.torus(0.35, 0.12), ac.torus(0.3, 0.1), -np.ones(n * n), ac.torus(0.4, 0.15)])
+    idx = np.tile(np.arange(4), (4, 1, 1))
+    f_partial = np.stack([ac.partial_rhs(xi, np.arange(4)) for xi in x])[:, None]
+    with pytest.raises(RankDeficientJacobian) as err:
+        encode_block(ae, layout, x, idx, f_partial)
+    assert err.value.row == 2 and err.value.count == 1 and err.value.kappa > KAPPA_LIMIT
+    message = str(err.value.at("trajectory 7, step 300", "encode"))
+    assert message.startswith("encode: the encoder Jacobian is numerically rank-deficient at trajectory 7, step 300")
+    healthy = encode_block(ae, layout, x[[0, 1, 3]], idx[:3], f_partial[:3])
+    assert np.all(np.isfinite(healthy["kappa"])) and np.all(healthy["kappa"] < KAPPA_LIMIT)
+    gram = torch.eye(3, dtype=torch.float64).repeat(2, 1, 1)
+    gram[1, 0, 0] = float("nan")
+    with pytest.raises(RankDeficientJacobian, match="nan"):
+        check_rank(gram)

@@ -264,3 +264,46 @@ def test_an_error_on_every_rank_is_printed_once(pp_store, tmp_path, backend):
     assert res.returncode == 2
     errors = [line for line in res.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1 and "does not exist; run `hpcsur generate` first" in errors[0], res.stderr
+
+
+AC_VANISHING = """
+[system]
+kind = "allen_cahn"
+n = 16
+epsilon = 0.15
+[simulation]
+trajectories = 4
+dt = 3.9e-4
+steps = 2000
+save_every = 50
+seed = 1
+[labels]
+p = 0.25
+full = false
+[store]
+path = "{root}/store"
+[output]
+dir = "{root}/run"
+[split]
+validation = 1
+test = 1
+[autoencoder]
+latent_dim = 3
+hidden = [8]
+epochs = 2
+batch = 32
+lambda_cond = 1e-5
+"""
+
+
+def test_a_vanished_allen_cahn_torus_stops_train_ae_with_one_line(tmp_path):
+    """Frames whose free energy has no gradient (the torus is gone) make J J^T singular: train-ae names the
+    first such frame and its kappa in one line, exit 2, instead of a LinAlgError traceback."""
+    job = tmp_path / "ac.toml"
+    job.write_text(AC_VANISHING.format(root=tmp_path))
+    assert run_cli("generate", str(job), "--no-progress").returncode == 0
+    res = run_cli("train-ae", str(job), "--backend", "none", "--no-progress")
+    assert res.returncode == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if "error" in line.lower()]
+    assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
+    assert "rank-deficient at trajectory" in lines[0] and ", step " in lines[0] and "kappa(J J^T) = " in lines[0]
