@@ -35,6 +35,10 @@ class Split:
 
     validation: int = field(2, ge=1, doc="trajectories used for model selection")
     test: int = field(8, ge=1, doc="trajectories held out for evaluation")
+    observable_floor: Optional[float] = field(
+        None, gt=0.0, lt=1.0, doc="use each trajectory's frames only up to the first whose first observable, divided "
+                                  "by its largest magnitude on that trajectory, is at or below this (the reference's "
+                                  "Allen-Cahn rule 1e-4: the torus has vanished); for training, validation and scoring")
 
 
 @dataclass(frozen=True)

@@ -44,14 +44,35 @@ MiB = 2 ** 20
 
 
 # ----------------------------------------------------------------------------- selections
+def observable_cuts(phi: np.ndarray, floor: float) -> tuple[int, ...]:
+    """Per trajectory, how many leading frames stay in use under ``[split] observable_floor``: frames up to (not
+    including) the first whose |phi| / max_j |phi_j| over its trajectory is <= ``floor``. ``phi`` is (T, F), the
+    first observable. For a quantity that only decays (the Allen-Cahn free energy: a gradient flow) this is exactly
+    "keep the frames whose normalised value exceeds the floor", and it keeps every trajectory a prefix in time."""
+    mag = np.abs(np.asarray(phi, dtype=np.float64))
+    scale = mag.max(axis=1, keepdims=True)
+    below = mag <= floor * np.where(scale > 0, scale, 1.0)
+    return tuple(int(c) for c in np.where(below.any(axis=1), below.argmax(axis=1), mag.shape[1]))
+
+
+def store_cuts(dataset, floor: float | None) -> tuple[int, ...] | None:
+    """:func:`observable_cuts` of a trajectory store's ``phi`` (None without a floor)."""
+    if floor is None:
+        return None
+    phi = dataset.global_frames(0, dataset.n_frames, ["phi"])["phi"][:, 0]
+    return observable_cuts(phi.reshape(dataset.n_traj, dataset.frames_per_traj), floor)
+
+
 @dataclass(frozen=True)
 class Split:
-    """Trajectory ranges of the train / validation / test sets of a store."""
+    """Trajectory ranges of the train / validation / test sets of a store, and with ``cuts`` (frames in use per
+    trajectory, :func:`observable_cuts`) which leading frames of each trajectory are used."""
 
     n_traj: int
     frames_per_traj: int
     validation: int
     test: int
+    cuts: tuple[int, ...] | None = None
 
     @property
     def train_trajectories(self) -> int:
@@ -68,9 +89,27 @@ class Split:
         g0, g1 = self.frames(which)
         return range(g0 // self.frames_per_traj, g1 // self.frames_per_traj)
 
+    def kept(self, which: str) -> int:
+        """Frames in use in ``which``."""
+        g0, g1 = self.frames(which)
+        return g1 - g0 if self.cuts is None else sum(self.cuts[t] for t in self.trajectories(which))
 
-def split_of(dataset, validation: int, test: int) -> Split:
-    split = Split(dataset.schema.n_traj, dataset.schema.frames_per_traj, validation, test)
+    def first_kept(self, which: str, count: int) -> tuple[int, int]:
+        """The frame range from the start of ``which`` that holds its first ``count`` frames in use."""
+        g0, _ = self.frames(which)
+        if self.cuts is None:
+            return g0, g0 + count
+        remaining = count
+        for t in self.trajectories(which):
+            if remaining <= self.cuts[t]:
+                return g0, t * self.frames_per_traj + remaining
+            remaining -= self.cuts[t]
+        raise InputError(f"{which}: {count} frames asked for, only {self.kept(which)} in use")
+
+
+def split_of(dataset, validation: int, test: int, cuts: tuple[int, ...] | None = None) -> Split:
+    split = Split(dataset.schema.n_traj, dataset.schema.frames_per_traj, validation, test,
+                  None if cuts is None else tuple(int(c) for c in cuts))
     if split.train_trajectories < 1:
         raise InputError(f"[split] validation + test = {validation + test} leaves no training trajectory of "
                          f"{dataset.schema.n_traj}")
@@ -90,15 +129,25 @@ class Piece:
         return self.stop - self.start
 
 
-def pieces(frame_range: tuple[int, int], frames_per_shard: int) -> dict[int, Piece]:
-    """The shards intersecting ``[g0, g1)`` and which of their frames are selected."""
+def pieces(frame_range: tuple[int, int], frames_per_shard: int, cuts: Sequence[int] | None = None,
+           frames_per_traj: int | None = None) -> dict[int, Piece]:
+    """The shards intersecting ``[g0, g1)`` and which of their frames are selected; with ``cuts`` only each
+    trajectory's first ``cuts[t]`` frames (a shard never straddles trajectories, so a piece stays contiguous)."""
     g0, g1 = frame_range
     if not 0 <= g0 < g1:
         raise InputError(f"frame selection [{g0}, {g1}) is empty")
     S = frames_per_shard
     out = {}
     for s in range(g0 // S, (g1 - 1) // S + 1):
-        out[s] = Piece(s, max(g0, s * S) - s * S, min(g1, (s + 1) * S) - s * S)
+        start, stop = max(g0, s * S) - s * S, min(g1, (s + 1) * S) - s * S
+        if cuts is not None:
+            traj, offset = divmod(s * S, frames_per_traj)
+            stop = min(stop, cuts[traj] - offset)
+            if stop <= start:
+                continue
+        out[s] = Piece(s, start, stop)
+    if not out:
+        raise InputError(f"frame selection [{g0}, {g1}) keeps no frame under [split] observable_floor")
     return out
 
 
@@ -249,7 +298,8 @@ class BatchStream:
     def __init__(self, path: str, names: Sequence[str], frame_range: tuple[int, int], batch: int,
                  rank: int = 0, size: int = 1, seed: int = 0, memory_mb: float = 1024.0,
                  shuffle_buffer: int = 8192, prefetch: int = 2, loader_workers: int = 0,
-                 dtype: torch.dtype = torch.float32, shuffle: bool = True, training: bool = True, draw: int = 0):
+                 dtype: torch.dtype = torch.float32, shuffle: bool = True, training: bool = True, draw: int = 0,
+                 cuts: Sequence[int] | None = None):
         self.path, self.names, self.draw = str(path), list(names), int(draw)
         self.rank, self.size, self.seed, self.batch = rank, size, seed, int(batch)
         self.dtype, self.shuffle, self.prefetch, self.loader_workers = dtype, shuffle, prefetch, loader_workers
@@ -265,8 +315,8 @@ class BatchStream:
         if not 0 <= self.draw < schema.draws:
             raise InputError(f"store {self.path}: draw {self.draw} does not exist (the store has {schema.draws} "
                              "index set(s) per frame; [labels] draws)")
-        self.selection = pieces(frame_range, schema.frames_per_shard)
-        self.n_frames = frame_range[1] - frame_range[0]
+        self.selection = pieces(frame_range, schema.frames_per_shard, cuts, schema.frames_per_traj)
+        self.n_frames = sum(p.frames for p in self.selection.values())
         specs = schema.arrays()
         self.bytes_per_frame = sum(specs[n].bytes_per_frame // (schema.draws if n in schema.draw_arrays() else 1)
                                    for n in self.names)
@@ -364,14 +414,15 @@ class BatchStream:
 
 
 # ----------------------------------------------------------------------------- statistics
-def frame_moments(path: str, name: str, frame_range: tuple[int, int], draw: int = 0
-                  ) -> tuple[np.ndarray, np.ndarray, int]:
+def frame_moments(path: str, name: str, frame_range: tuple[int, int], draw: int = 0,
+                  cuts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-component mean and standard deviation (ddof = 1) of array ``name`` (its draw ``draw``
     where it has a draw axis) over ``[g0, g1)``, streamed shard by shard in float64 (shifted by the
     first frame to avoid cancellation)."""
     dataset = open_dataset(path)
     shift, total, total2, count = None, None, None, 0
-    for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard).items()):
+    for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard, cuts,
+                                  dataset.schema.frames_per_traj).items()):
         block = read_shard(dataset, s, [name], draw)[name][piece.start:piece.stop].astype(np.float64)
         if shift is None:
             shift = block[0].copy()

@@ -60,11 +60,13 @@ def encoding_diagnostics(encoded: str, frame_range: tuple[int, int]) -> dict:
     dataset = open_dataset(encoded)
     names = [n for n in ("kappa", "coherence", "jf", "lxp_R", "lxp_y", "lx_y", "lx_r2") if n in dataset.schema.arrays()]
     blocks = []
-    for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard).items()):
+    cuts = dataset.attrs.get("kept_frames")   # only the frames in use ([split] observable_floor)
+    for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard, cuts,
+                                  dataset.schema.frames_per_traj).items()):
         arrays = dataset.shard(s, names)
         blocks.append({k: v[piece.start:piece.stop] for k, v in arrays.items()})
     cat = {k: np.concatenate([b[k] for b in blocks]) for k in names}
-    out = {"frames": frame_range[1] - frame_range[0]}
+    out = {"frames": sum(len(b[names[0]]) for b in blocks) if names else frame_range[1] - frame_range[0]}
     for name in ("kappa", "coherence"):
         if name in cat:
             out[name] = {"mean": float(np.mean(cat[name])), "max": float(np.max(cat[name]))}

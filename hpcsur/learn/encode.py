@@ -26,6 +26,7 @@ from torch.func import jacfwd, vmap
 from hpcsur import store as zstore
 from hpcsur.errors import InputError
 from hpcsur.learn.autoencoder import ClosureAutoencoder
+from hpcsur.learn.data import store_cuts
 from hpcsur.learn.losses import (RankDeficientJacobian, coherence, full_triple, gram_cholesky, partial_pinv_rows,
                                  residual_triple)
 from hpcsur.log import Progress
@@ -103,6 +104,19 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
     return {name: torch.cat(parts).numpy() for name, parts in out.items()}
 
 
+def _encode_kept(schema, keep: int, encode) -> dict[str, np.ndarray]:
+    """``encode(keep)`` for a shard's first ``keep`` frames, the others NaN (the frames out of use)."""
+    S = schema.frames_per_shard
+    if keep == S:
+        return encode(S)
+    specs = {name: spec for name, spec in schema.arrays().items() if name not in ("t", "traj")}
+    out = {name: np.full((S, *spec.frame_shape), np.nan) for name, spec in specs.items()}
+    if keep > 0:
+        for name, values in encode(keep).items():
+            out[name][:keep] = values
+    return out
+
+
 def model_digest(state_dict: dict) -> str:
     """A short hash of a model's parameters and buffers (ties an encoding to its autoencoder)."""
     h = hashlib.sha256()
@@ -113,8 +127,11 @@ def model_digest(state_dict: dict) -> str:
 
 
 def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume: bool = False,
-                 show_progress: bool = True, right_inverse: str = "pinv") -> dict:
-    """Encode every frame of ``source`` into ``target`` (all ranks of ``comm`` call this)."""
+                 show_progress: bool = True, right_inverse: str = "pinv", observable_floor: float | None = None) -> dict:
+    """Encode every frame of ``source`` into ``target`` (all ranks of ``comm`` call this). With
+    ``observable_floor`` only the frames in use (:func:`hpcsur.learn.data.observable_cuts`) are encoded; the rest
+    are stored as NaN, which training never reads and evaluation does not score, and the cuts are recorded in
+    the store's attributes (``observable_floor``, ``kept_frames``)."""
     rank, size = comm.Get_rank(), comm.Get_size()
     ae = ae.double().eval()
     src = zstore.open_dataset(source)
@@ -127,6 +144,9 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
                   "autoencoder": digest, "latent_dim": ae.shape.latent_dim, "n_obs": ae.shape.n_obs,
                   "observables": src.attrs.get("observables", []), "k": src.schema.k, "draws": src.schema.draws,
                   "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"]), "right_inverse": right_inverse})
+    cuts = store_cuts(src, observable_floor)
+    if cuts is not None:
+        attrs.update({"observable_floor": observable_floor, "kept_frames": list(cuts)})
     schema = src.schema.encoded(ae.shape.latent_dim)
     error, lock = None, None
     if rank == 0:
@@ -152,11 +172,15 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
     progress = Progress(total * schema.frames_per_shard, unit="frames", label="encode",
                         enabled=show_progress and rank == 0)
     names = ["x", "idx", "f_partial", "t", "traj", "step"] + (["f_full"] if schema.full_labels else [])
+    S, F = schema.frames_per_shard, schema.frames_per_traj
     for s in todo:
         block = src.shard(s, names)
+        traj, offset = divmod(s * S, F)
+        keep = S if cuts is None else min(max(cuts[traj] - offset, 0), S)
         try:
-            encoded = encode_block(ae, layout, block["x"], block["idx"], block["f_partial"], block.get("f_full"),
-                                   right_inverse)
+            encoded = _encode_kept(schema, keep, lambda k: encode_block(
+                ae, layout, block["x"][:k], block["idx"][:k], block["f_partial"][:k],
+                None if block.get("f_full") is None else block["f_full"][:k], right_inverse))
         except RankDeficientJacobian as err:
             raise err.at(f"trajectory {int(block['traj'][err.row])}, step {int(block['step'][err.row])} "
                          f"(t = {float(block['t'][err.row]):.6g}, shard {s})", "encode") from None

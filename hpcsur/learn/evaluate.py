@@ -211,12 +211,12 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     run_dir = Path(run_dir)
     dataset = open_dataset(encoded)
     attrs = dataset.attrs
-    split = split_of(dataset, split_cfg.validation, split_cfg.test)
+    split = split_of(dataset, split_cfg.validation, split_cfg.test, attrs.get("kept_frames"))
     n_obs = int(attrs["n_obs"])
     names = list(attrs.get("observables") or [f"z{i}" for i in range(n_obs)])
     t, z_true, trajs = test_paths(encoded, split, eval_cfg.trajectories, eval_cfg.frames)
-    runs = latent_runs(latent_cfg, attrs, split.frames("train")[1], losses, seeds, sizes)
-    n_val = split.frames("validation")[1] - split.frames("validation")[0]
+    runs = latent_runs(latent_cfg, attrs, split.kept("train"), losses, seeds, sizes)
+    n_val = split.kept("validation")
     groups: dict[tuple[str, int], list] = {}
     for run in runs:
         groups.setdefault((run.loss, run.size), []).append(run)
@@ -249,7 +249,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     largest = max(r.frames for r in runs)
     report = {"encoded": str(encoded), "test_trajectories": trajs, "frames": len(t), "substeps": eval_cfg.substeps,
               "p_eff": float(attrs["p_eff"]), "model": latent_cfg.model, "rows": rows, "runs": runs_out,
-              "autoencoder": encoding_diagnostics(encoded, (0, largest)),
+              "autoencoder": encoding_diagnostics(encoded, split.first_kept("train", largest)),
               "plots": {k: str(v) for k, v in files.items()}}
     write_report(run_dir / "report.json", report)
     return report

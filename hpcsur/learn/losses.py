@@ -53,7 +53,8 @@ class RankDeficientJacobian(DataError):
         return DataError(f"{stage}: the encoder Jacobian is numerically rank-deficient at {where} "
                          f"(kappa(J J^T) = {self.kappa:.3g}; {self.count} of {self.total} frame(s) of the batch): "
                          "the observable's gradient vanishes there (e.g. an Allen-Cahn torus that has vanished), so "
-                         "no latent dynamics can be learned from it; end the job before it ([simulation] steps)")
+                         "no latent dynamics can be learned from it; leave such frames out with [split] observable_floor "
+                         "(the reference's Allen-Cahn rule: 1e-4)")
 
 
 def check_rank(gram: torch.Tensor) -> torch.Tensor:

@@ -23,13 +23,15 @@ from hpcsur.store import open_dataset
 
 
 def trajectory_errors(pred: np.ndarray, true: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per-trajectory (e_sq, e_abs); arrays (frames, trajectories, n_obs)."""
-    diff = np.linalg.norm(pred - true, axis=-1)
-    norm = np.linalg.norm(true, axis=-1)
+    """Per-trajectory (e_sq, e_abs); arrays (frames, trajectories, n_obs). Frames whose truth is NaN (out of use
+    under ``[split] observable_floor``: the encoded store holds NaN there) are not scored."""
+    scored = np.all(np.isfinite(true), axis=-1)
+    diff = np.where(scored, np.linalg.norm(np.where(scored[..., None], pred - true, 0.0), axis=-1), 0.0)
+    norm = np.where(scored, np.linalg.norm(np.where(scored[..., None], true, 0.0), axis=-1), 0.0)
     with np.errstate(invalid="ignore", over="ignore"):
         e_sq = (diff ** 2).sum(0) / (norm ** 2).sum(0)
         e_abs = diff.sum(0) / norm.sum(0)
-    bad = ~np.all(np.isfinite(pred), axis=(0, 2))
+    bad = ~np.all(np.isfinite(pred) | ~scored[..., None], axis=(0, 2))
     e_sq[bad] = np.inf
     e_abs[bad] = np.inf
     return e_sq, e_abs

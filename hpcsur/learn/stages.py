@@ -22,7 +22,7 @@ from torch import nn
 from hpcsur.errors import InputError
 from hpcsur.learn import config as cfg
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoencoder_loss
-from hpcsur.learn.data import BatchStream, frame_moments, safe_std, split_of
+from hpcsur.learn.data import BatchStream, frame_moments, safe_std, split_of, store_cuts
 from hpcsur.learn.latent import LatentDynamics, LatentShape
 from hpcsur.learn.losses import LOSS_ARRAYS, TARGET_ARRAY, RankDeficientJacobian, batch_loss
 from hpcsur.learn.observables import observable_from_attrs
@@ -99,7 +99,8 @@ def field_std(x_std: np.ndarray, n_fields: int) -> np.ndarray:
     return np.repeat(np.sqrt((per_field ** 2).mean(-1)), per_field.shape[1])
 
 
-def _normalisation(store: str, train_range, out_dir: Path, backend, scaling: str, n_fields: int) -> dict:
+def _normalisation(store: str, train_range, out_dir: Path, backend, scaling: str, n_fields: int,
+                   cuts=None) -> dict:
     """x statistics (per coordinate, or one scale per field) and observable statistics of the
     training frames (rank 0 computes them once, caches them in normalisation.npz, and broadcasts)."""
     cache = out_dir / "normalisation.npz"
@@ -108,8 +109,8 @@ def _normalisation(store: str, train_range, out_dir: Path, backend, scaling: str
         if cache.exists() and str(np.load(cache).get("scaling", "coordinate")) == scaling:
             stats = {k: v for k, v in np.load(cache).items() if k != "scaling"}
         else:
-            x_mean, x_std, _ = frame_moments(store, "x", train_range)
-            o_mean, o_std, _ = frame_moments(store, "phi", train_range)
+            x_mean, x_std, _ = frame_moments(store, "x", train_range, cuts=cuts)
+            o_mean, o_std, _ = frame_moments(store, "phi", train_range, cuts=cuts)
             x_std = field_std(x_std, n_fields) if scaling == "field" else x_std
             stats = {"x_mean": x_mean, "x_std": safe_std(x_std), "obs_mean": o_mean, "obs_std": safe_std(o_std)}
             out_dir.mkdir(parents=True, exist_ok=True)
@@ -128,29 +129,29 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
 
     use_threads(train)
     dataset = open_dataset(store)
-    sp = split_of(dataset, split.validation, split.test)
+    sp = split_of(dataset, split.validation, split.test, store_cuts(dataset, split.observable_floor))
     g0, g1 = sp.frames("train")
     if ae.max_train_frames is not None:
-        g1 = min(g1, g0 + ae.max_train_frames)
+        g1 = sp.first_kept("train", min(ae.max_train_frames, sp.kept("train")))[1]
     out = Path(run_dir) / "autoencoder"
     torch.manual_seed(ae.seed)
     model = build_autoencoder(dataset.attrs, ae)
     if ae.scaling != "none":
         n_fields = len(dataset.attrs["layout"]["fields"])
-        model.set_normalisation(**_normalisation(store, (g0, g1), out, backend, ae.scaling, n_fields))
+        model.set_normalisation(**_normalisation(store, (g0, g1), out, backend, ae.scaling, n_fields, sp.cuts))
     meta = autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae)
     common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)
     names = ["x", "traj", "step"]   # traj, step: to name a frame the loss cannot use
-    train_stream = BatchStream(store, names, (g0, g1), ae.batch, **common)
-    val_stream = BatchStream(store, names, sp.frames("validation"), ae.batch, training=False, **common)
+    train_stream = BatchStream(store, names, (g0, g1), ae.batch, cuts=sp.cuts, **common)
+    val_stream = BatchStream(store, names, sp.frames("validation"), ae.batch, training=False, cuts=sp.cuts, **common)
     protocol = (dict(optimizer="adam", betas=(0.9, 0.95), schedule_on="none", select="last")
                 if ae.recipe == "reference" else dict(optimizer="adamw_amsgrad", schedule_on="val", select="val_loss"))
     config = FitConfig(epochs=ae.epochs, lr=scaled_lr(ae.lr, backend.size, train.lr_scaling),
                        weight_decay=ae.weight_decay, patience=max(2, ae.epochs // 5), factor=0.5,
                        checkpoint_minutes=train.checkpoint_minutes, seed=ae.seed, **protocol)
     log.info("train-ae: %d training frames (%s), %d validation, d = %d, %d worker(s) [%s], %s",
-             g1 - g0, "streaming" if train_stream.streaming else "in memory",
+             train_stream.n_frames, "streaming" if train_stream.streaming else "in memory",
              val_stream.n_frames, ae.latent_dim, backend.size, backend.name, out)
     return fit(AutoencoderLoss(model, ae.lambda_cond, ae.cond_rows, ae.lambda_coherence, ae.lambda_tangent),
                train_stream, val_stream, backend, out,
@@ -241,13 +242,13 @@ def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Late
 
     use_threads(train)
     dataset = open_dataset(encoded)
-    sp = split_of(dataset, split.validation, split.test)
+    sp = split_of(dataset, split.validation, split.test, dataset.attrs.get("kept_frames"))
     for loss in losses or latent.losses:
         missing = [a for a in LOSS_ARRAYS[loss] if a not in dataset.schema.arrays()]
         if missing:
             raise InputError(f"store {encoded}: loss {loss} needs array {missing[0]!r}, which this store lacks "
                              "(generate with [labels] full = true for lz / lx)")
-    runs = latent_runs(latent, dataset.attrs, sp.frames("train")[1], losses, seeds, sizes)
+    runs = latent_runs(latent, dataset.attrs, sp.kept("train"), losses, seeds, sizes)
     scorer = (validation_scorer(encoded, sp, substeps, int(dataset.attrs["n_obs"]))
               if latent.select == "val_rollout" else None)
     summaries = []
@@ -267,9 +268,9 @@ def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Late
     return summaries
 
 
-def latent_statistics(encoded: str, loss: str, frame_range, draw: int = 0) -> dict:
-    z_mean, z_std, _ = frame_moments(encoded, "z", frame_range)
-    t_mean, t_std, _ = frame_moments(encoded, TARGET_ARRAY[loss], frame_range, draw)
+def latent_statistics(encoded: str, loss: str, frame_range, draw: int = 0, cuts=None) -> dict:
+    z_mean, z_std, _ = frame_moments(encoded, "z", frame_range, cuts=cuts)
+    t_mean, t_std, _ = frame_moments(encoded, TARGET_ARRAY[loss], frame_range, draw, cuts=cuts)
     return {"z_mean": z_mean, "z_std": safe_std(z_std), "t_mean": t_mean, "t_std": safe_std(t_std)}
 
 
@@ -281,18 +282,20 @@ def _train_one(dataset, encoded, out, sp, latent, train, backend, run: LatentRun
     shape = latent_shape(latent, int(dataset.attrs["latent_dim"]))
     torch.manual_seed(run.seed)
     model = LatentDynamics(shape)
-    model.set_normalisation(**latent_statistics(encoded, run.loss, (0, run.frames), run.draw))
+    frames = sp.first_kept("train", run.frames)   # the first K training frames in use
+    model.set_normalisation(**latent_statistics(encoded, run.loss, frames, run.draw, sp.cuts))
     names = ["z", *LOSS_ARRAYS[run.loss]]
     common = dict(rank=backend.rank, size=backend.size, seed=run.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers,
                   draw=run.draw)
-    train_stream = BatchStream(encoded, names, (0, run.frames), latent.batch, **common)
+    train_stream = BatchStream(encoded, names, frames, latent.batch, cuts=sp.cuts, **common)
     config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay,
                        patience=latent.patience_for(run.loss),
                        factor=latent.factor, min_lr=latent.min_lr, checkpoint_minutes=train.checkpoint_minutes,
                        seed=run.seed, schedule_on=latent.schedule_on, select=PROTOCOL_SELECT[latent.select],
                        score_every=latent.select_every, snapshot_every=latent.snapshot_every)
-    val_stream = (BatchStream(encoded, names, sp.frames("validation"), latent.batch, training=False, **common)
+    val_stream = (BatchStream(encoded, names, sp.frames("validation"), latent.batch, training=False, cuts=sp.cuts,
+                              **common)
                   if config.needs_validation_loss else None)
     log.info("train-latent %s: %s on %d frames (draw %d), %d worker(s) [%s], schedule on %s, select %s", run.name,
              latent.model, run.frames, run.draw, backend.size, backend.name, latent.schedule_on, latent.select)

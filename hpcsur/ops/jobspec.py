@@ -397,15 +397,15 @@ class JobSpec:
         tables = {name: everything[name] for name in DATA_SECTIONS if name in everything}
         for key, default in LATE_DEFAULTS.items():
             table, name = key.split(".")
-            if tables.get(table, {}).get(name) == default:
+            if table in tables and name in tables[table] and tables[table][name] == default:
                 tables[table] = {k: v for k, v in tables[table].items() if k != name}
         return hashlib.sha256(json.dumps(tables, sort_keys=True).encode()).hexdigest()[:16]
 
 
 DATA_SECTIONS = ("system", "simulation", "initial", "labels")
-#: Data fields added after stores existed, with the default that reproduces what those stores hold: at that
-#: default they are left out of the data hash and the stage provenance, so older stores and runs stay current.
-LATE_DEFAULTS = {"labels.precision": "float64"}
+#: Spec fields added after stores and run folders existed, with the default that reproduces what those hold: at
+#: that default they are left out of the data hash and the stage provenance, so older stores and runs stay current.
+LATE_DEFAULTS = {"labels.precision": "float64", "split.observable_floor": None}
 
 
 def without_late_defaults(flat: dict[str, Any]) -> dict[str, Any]:

@@ -77,7 +77,7 @@ def encode(spec: JobSpec, comm, resume: bool = False, progress: bool = True) -> 
         provenance.record_stage(spec, "encode")
     model = load_autoencoder(spec.store.path, Path(spec.run_dir), ae)
     return encode_store(spec.store.path, encoded_path(spec), model, comm, resume=resume, show_progress=progress,
-                        right_inverse=ae.right_inverse)
+                        right_inverse=ae.right_inverse, observable_floor=spec.split.observable_floor)
 
 
 def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, backend: str | None = None,
@@ -134,7 +134,7 @@ def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     import numpy as np
 
     from hpcsur import store
-    from hpcsur.learn.data import frame_moments, split_of
+    from hpcsur.learn.data import frame_moments, split_of, store_cuts
     from hpcsur.learn.diagnostics import encoding_diagnostics, jacobian_diagnostics
     from hpcsur.learn.stages import latent_runs, load_autoencoder, use_threads
 
@@ -142,19 +142,22 @@ def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     _store_complete(spec.store.path)
     use_threads(spec.train)
     dataset = store.open_dataset(spec.store.path)
-    split = split_of(dataset, spec.split.validation, spec.split.test)
+    split = split_of(dataset, spec.split.validation, spec.split.test, store_cuts(dataset, spec.split.observable_floor))
     g0, g1 = split.frames("train")
-    picks = np.unique(np.linspace(g0, g1 - 1, min(frames, g1 - g0)).astype(np.int64))
+    F = dataset.frames_per_traj
+    in_use = np.concatenate([np.arange(t * F, t * F + (F if split.cuts is None else split.cuts[t]))
+                             for t in split.trajectories("train")])
+    picks = in_use[np.unique(np.linspace(0, in_use.size - 1, min(frames, in_use.size)).astype(np.int64))]
     x = np.stack([dataset.global_frames(int(g), int(g) + 1, ["x"])["x"][0] for g in picks])
-    _, x_std, _ = frame_moments(spec.store.path, "x", (g0, g1))
+    _, x_std, _ = frame_moments(spec.store.path, "x", (g0, g1), cuts=split.cuts)
     out = {"job": spec.name, "autoencoder": {"recipe": ae.recipe, "scaling": ae.scaling,
                                              "lambda_cond": ae.lambda_cond, "lambda_coherence": ae.lambda_coherence,
                                              "lambda_tangent": ae.lambda_tangent},
            "jacobian": jacobian_diagnostics(load_autoencoder(spec.store.path, Path(spec.run_dir), ae), x, x_std)}
     if spec.latent is not None and store.exists(encoded_path(spec)):
         enc = store.open_dataset(encoded_path(spec))
-        runs = latent_runs(spec.latent, enc.attrs, split.frames("train")[1])
-        out["encoding"] = encoding_diagnostics(encoded_path(spec), (0, max(r.frames for r in runs)))
+        runs = latent_runs(spec.latent, enc.attrs, split.kept("train"))
+        out["encoding"] = encoding_diagnostics(encoded_path(spec), split.first_kept("train", max(r.frames for r in runs)))
     path = Path(spec.run_dir) / "autoencoder" / "diagnostics.json"
     path.write_text(json.dumps(out, indent=1))
     out["file"] = str(path)

@@ -128,3 +128,46 @@ def test_frame_moments_match_numpy(store_path):
     x = zstore.open_dataset(store_path).global_frames(7, 63, ["x"])["x"]
     assert count == 56
     assert np.allclose(mean, x.mean(0), atol=1e-13) and np.allclose(std, x.std(0, ddof=1), atol=1e-13)
+
+
+def test_observable_floor_keeps_each_trajectory_until_its_observable_has_decayed():
+    """The Allen-Cahn rule on a tiny grid: the free energy of a torus decays to ~0 when it vanishes; the frames
+    from the first one at or below floor x (the trajectory's largest value) on are out of use."""
+    from hpcsur.learn.data import Split, observable_cuts, pieces
+    from hpcsur.systems.allen_cahn import AllenCahn, AllenCahnParams
+
+    ac = AllenCahn(AllenCahnParams(n=16, epsilon=0.15))
+    step = ac.stepper(3.9e-4)
+    energies = []
+    for r1, r2 in ((0.4, 0.15), (0.3, 0.1)):
+        x, e = ac.torus(r1, r2), []
+        for _ in range(40):
+            e.append(ac.free_energy(x))
+            for _ in range(50):
+                x = step(x)
+        energies.append(e)
+    phi = np.array(energies)
+    cuts = observable_cuts(phi, 1e-4)
+    for t, cut in enumerate(cuts):
+        kept, dropped = phi[t, :cut], phi[t, cut:]
+        assert np.all(kept > 1e-4 * phi[t].max()) and (dropped.size == 0 or dropped[0] <= 1e-4 * phi[t].max())
+    assert 0 < min(cuts) and max(cuts) < 40          # both tori vanish within the run here
+    assert observable_cuts(np.array([[3.0, 2.0, 1.0], [1.0, 1.0, 1.0]]), 0.5) == (2, 3)
+    # shards of 8 frames, trajectories of 40: the selection keeps a contiguous piece of each shard
+    sel = pieces((0, 80), 8, cuts, 40)
+    assert sum(p.frames for p in sel.values()) == sum(cuts)
+    assert all(p.start == 0 and 0 < p.stop <= 8 for p in sel.values())
+    split = Split(n_traj=4, frames_per_traj=40, validation=1, test=1, cuts=(*cuts, 5, 7))
+    assert split.kept("train") == sum(cuts) and split.kept("test") == 7
+    g0, g1 = split.first_kept("train", cuts[0] + 3)
+    assert (g0, g1) == (0, 43) and sum(p.frames for p in pieces((g0, g1), 8, split.cuts, 40).values()) == cuts[0] + 3
+
+
+def test_errors_skip_the_frames_out_of_use():
+    from hpcsur.learn.rollout import trajectory_errors
+
+    true = np.array([[[1.0], [2.0]], [[1.0], [np.nan]], [[1.0], [np.nan]]])      # (F=3, T=2, 1)
+    pred = np.array([[[1.0], [2.0]], [[1.5], [9.0]], [[1.0], [np.inf]]])
+    e_sq, e_abs = trajectory_errors(pred, true)
+    np.testing.assert_allclose(e_abs, [0.5 / 3.0, 0.0])
+    np.testing.assert_allclose(e_sq, [0.25 / 3.0, 0.0])

@@ -1,5 +1,6 @@
 """Training with real launches: SIGTERM mid-epoch + resume equals an uninterrupted run (both
 backends, 2 ranks), peak memory stays within the budget on a store larger than it, bad input."""
+import json
 import signal
 import subprocess
 import sys
@@ -7,10 +8,12 @@ import textwrap
 import time
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from conftest import HPCSUR, MPIEXEC, PP_JOB, write_job
+from hpcsur import store as zstore
 
 def workers_of(proc: subprocess.Popen) -> list:
     import psutil
@@ -307,3 +310,34 @@ def test_a_vanished_allen_cahn_torus_stops_train_ae_with_one_line(tmp_path):
     lines = [line for line in res.stderr.splitlines() if "error" in line.lower()]
     assert len(lines) == 1 and "Traceback" not in res.stderr, res.stderr
     assert "rank-deficient at trajectory" in lines[0] and ", step " in lines[0] and "kappa(J J^T) = " in lines[0]
+
+
+def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_path):
+    """[split] observable_floor = 1e-4 (the reference's Allen-Cahn rule): each trajectory is used until its torus
+    has vanished; encode stores NaN past the cut and records the cuts; training, validation and the scored points
+    use only the frames in use, so the whole pipeline runs where it would otherwise stop."""
+    from hpcsur.learn.data import observable_cuts
+
+    spec = (AC_VANISHING.format(root=tmp_path)
+            .replace("trajectories = 4", "trajectories = 6").replace("steps = 2000", "steps = 300")
+            .replace("save_every = 50", "save_every = 5").replace("full = false", "full = true")
+            .replace("test = 1\n", "test = 1\nobservable_floor = 1e-4\n")
+            + '[latent]\nhidden = [8]\nlosses = ["lz", "lxp"]\nequivalent_data = 8\nseeds = [1]\nepochs = 2\n'
+              'batch = 8\n[evaluate]\nsubsteps = 2\n')
+    spec = spec.replace(f'dir = "{tmp_path}/run"', f'dir = "{tmp_path}/run"\nresults = "{tmp_path}/results"')
+    job = tmp_path / "ac.toml"
+    job.write_text(spec)
+    res = run_cli("run", str(job), "--ranks", "1", "--workers", "1", timeout=600)
+    assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    source, encoded = zstore.open_dataset(tmp_path / "store"), zstore.open_dataset(tmp_path / "run" / "encoded")
+    phi = source.global_frames(0, source.n_frames, ["phi"])["phi"][:, 0].reshape(6, -1)
+    cuts = observable_cuts(phi, 1e-4)
+    assert encoded.attrs["kept_frames"] == list(cuts) and 0 < min(cuts) and max(cuts) < phi.shape[1]
+    for t, cut in enumerate(cuts):
+        z = encoded.frames(t, arrays=["z"])["z"]
+        assert np.all(np.isfinite(z[:cut])) and np.all(np.isnan(z[cut:]))
+    results = json.loads((tmp_path / "results" / "ac.json").read_text())
+    assert {r["loss"] for r in results["rows"]} == {"lz", "lxp"}
+    assert all(np.isfinite(r["e_abs"]["mean"]) for r in results["rows"])
+    lz = next(r for r in results["rows"] if r["loss"] == "lz")
+    assert lz["force_evaluations"]["validation_frames"] in (0, cuts[4])   # the validation trajectory's frames in use
