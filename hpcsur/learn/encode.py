@@ -27,7 +27,7 @@ from hpcsur import store as zstore
 from hpcsur.errors import InputError
 from hpcsur.learn.autoencoder import ClosureAutoencoder
 from hpcsur.learn.data import store_cuts
-from hpcsur.learn.losses import (RankDeficientJacobian, coherence, full_triple, gram_cholesky, partial_pinv_rows,
+from hpcsur.learn.losses import (RankDeficientJacobian, check_rank, coherence, full_triple, partial_pinv_rows,
                                  residual_triple)
 from hpcsur.log import Progress
 from hpcsur.systems.base import Layout
@@ -69,11 +69,13 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
             z = ae.encode(xt)
             with torch.enable_grad():
                 j = ae.jacobian(xt).detach()
+            gram = j @ j.transpose(-1, -2)
             try:
-                chol = gram_cholesky(j)
+                kappa = check_rank(gram)     # cond(J J^T); names a rank-deficient frame
             except RankDeficientJacobian as err:
                 err.row += a                 # the frame's row in the whole block
                 raise
+            chol = torch.linalg.cholesky(gram)
             tangent = vmap(jacfwd(ae.decode))(z) if right_inverse == "decoder" else None   # (B, N, d)
             per_draw = {name: [] for name in ("lxp_R", "lxp_y", "lxp_r2", "jf_est")}
             for draw in range(draws):
@@ -87,8 +89,7 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
                                     ("jf_est", scale * (j_i @ f_i.unsqueeze(-1)).squeeze(-1))):
                     per_draw[name].append(value)
             out["z"].append(z)
-            lam = torch.linalg.eigvalsh(j @ j.transpose(-1, -2))
-            out["kappa"].append(lam[..., -1] / lam[..., 0])
+            out["kappa"].append(kappa)
             out["coherence"].append(coherence(j, chol))
             for name, values in per_draw.items():
                 out[name].append(torch.stack(values, dim=1))

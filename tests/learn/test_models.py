@@ -248,6 +248,23 @@ def test_torch_observables_match_the_systems():
     assert np.allclose(phi(torch.from_numpy(x)[None]).numpy()[0], lj.observable(x), rtol=1e-13)
 
 
+def _small_autoencoder(x: torch.Tensor, scaled: bool = False, **loss_weights) -> tuple[ClosureAutoencoder, dict]:
+    """A 40 -> 4 Predator-Prey autoencoder trained 200 Adam steps on ``x`` with ``autoencoder_loss(**loss_weights)``
+    (optionally with oblique per-coordinate input scaling); returns it and the last loss parts."""
+    torch.manual_seed(1)
+    ae = ClosureAutoencoder(AutoencoderShape(40, 2, 4, (16,), "softplus"), observable_from_attrs(
+        {"system": "predator_prey", "params": {"n": 20}, "layout": {}}))
+    if scaled:
+        ae.set_normalisation(x.mean(0), x.std(0) * torch.linspace(0.2, 3.0, 40), torch.zeros(2), torch.ones(2))
+    opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
+    for _ in range(200):
+        loss, parts = autoencoder_loss(ae, x, **loss_weights)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return ae, parts
+
+
 def test_the_coherence_penalty_spreads_the_encoders_leverage():
     """Training with lambda_coherence > 0 drives the encoder towards uniform leverage at almost no
     cost in reconstruction; without it the leverage stays concentrated."""
@@ -256,15 +273,7 @@ def test_the_coherence_penalty_spreads_the_encoders_leverage():
     x = torch.rand(256, 40, generator=torch.Generator().manual_seed(0))
     out = {}
     for lam in (0.0, 1.0):
-        torch.manual_seed(1)
-        ae = ClosureAutoencoder(AutoencoderShape(40, 2, 4, (16,), "softplus"), observable_from_attrs(
-            {"system": "predator_prey", "params": {"n": 20}, "layout": {}}))
-        opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
-        for _ in range(200):
-            loss, parts = autoencoder_loss(ae, x, 0.0, "all", lam)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        ae, parts = _small_autoencoder(x, lambda_cond=0.0, lambda_coherence=lam)
         out[lam] = (float(coherence(ae.jacobian(x).detach()).mean()), parts["rec"])
     assert out[1.0][0] < 1.2 < 1.6 < out[0.0][0]
     assert out[1.0][1] < 1.1 * out[0.0][1]
@@ -279,16 +288,7 @@ def test_the_tangent_penalty_puts_the_decoders_tangent_space_into_the_encoders_r
     x = torch.rand(256, 40, generator=torch.Generator().manual_seed(0))
     out = {}
     for lam in (0.0, 1.0):
-        torch.manual_seed(1)
-        ae = ClosureAutoencoder(AutoencoderShape(40, 2, 4, (16,), "softplus"), observable_from_attrs(
-            {"system": "predator_prey", "params": {"n": 20}, "layout": {}}))
-        ae.set_normalisation(x.mean(0), x.std(0) * torch.linspace(0.2, 3.0, 40), torch.zeros(2), torch.ones(2))
-        opt = torch.optim.Adam(ae.parameters(), lr=1e-2)
-        for _ in range(200):
-            loss, parts = autoencoder_loss(ae, x, 1e-6, "all", 0.0, lam)
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
+        ae, parts = _small_autoencoder(x, scaled=True, lambda_cond=1e-6, lambda_tangent=lam)
         j = ae.jacobian(x).detach()
         out[lam] = (float(tangent_penalty(ae, ae.encode(x), j).mean().detach()), parts["rec"])
         if lam == 1.0:
