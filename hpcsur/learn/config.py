@@ -89,7 +89,9 @@ class Latent:
 
     ``equivalent_data`` is K p, the number of *full-force-equivalent* configurations: L_z and L_x
     train on K = equivalent_data configurations, L_x,p on K = equivalent_data / p. A list trains
-    every loss and seed at each size (a data-efficiency sweep, the paper's Table 2).
+    every loss and seed at each size (a data-efficiency sweep, the paper's Table 2). A table gives
+    each loss its own size(s), e.g. ``{ lz = 2500, lxp = 1600 }`` (a comparison at unequal force
+    cost, as the reference code's Allen-Cahn counts; the ledger of each model shows what it cost).
 
     The *protocol*: ``schedule_on`` is what ReduceLROnPlateau watches (``train``: the epoch-mean
     training loss with its constant, as the reference code; ``val``: the validation loss, whose
@@ -105,7 +107,8 @@ class Latent:
     activation: str = field("tanh", choices=ACTIVATIONS)
     forcing: bool = field(False, doc="OnsagerNet: add a learned forcing term F(z)")
     losses: list[str] = field(["lz", "lxp"], choices=LOSSES)
-    equivalent_data: int | list[int] = field(ge=1, doc="configurations x p, or a list of them (see the class docstring)")
+    equivalent_data: int | list[int] | dict = field(ge=1, doc="configurations x p, a list of them, or a table "
+                                                              "per loss (see the class docstring)")
     seeds: list[int] = field([1, 2, 3], ge=0)
     epochs: int = field(200, ge=1)
     batch: int = field(256, ge=1)
@@ -123,14 +126,32 @@ class Latent:
     def patience_for(self, loss: str) -> int:
         return self.patience[loss] if isinstance(self.patience, dict) else self.patience
 
+    def sizes_for(self, loss: str) -> list[int]:
+        """The equivalent-data sizes ``loss`` trains at."""
+        value = self.equivalent_data.get(loss, []) if isinstance(self.equivalent_data, dict) else self.equivalent_data
+        return list(value) if isinstance(value, list) else [value]
+
     @property
     def sizes(self) -> list[int]:
-        """The equivalent-data sizes, as a list."""
-        return list(self.equivalent_data) if isinstance(self.equivalent_data, list) else [self.equivalent_data]
+        """Every equivalent-data size of any loss, ascending."""
+        return sorted({size for loss in self.losses for size in self.sizes_for(loss)})
+
+    def models(self) -> list[tuple[str, int, int]]:
+        """Every (loss, size, seed) latent model of the spec, in training order."""
+        return [(loss, size, seed) for loss in self.losses for size in self.sizes_for(loss) for seed in self.seeds]
 
     def validate(self, where: str) -> None:
-        if len(set(self.sizes)) != len(self.sizes) or not self.sizes:
-            raise InputError(f"{where} equivalent_data = {self.equivalent_data!r}: give at least one size, each once")
+        if isinstance(self.equivalent_data, dict):
+            unknown = sorted(set(self.equivalent_data) - set(self.losses))
+            if unknown:
+                raise InputError(f"{where} equivalent_data has key {unknown[0]!r}, which is not in losses = "
+                                 f"{self.losses!r}; allowed keys: {', '.join(self.losses)}")
+        for loss in self.losses:
+            sizes = self.sizes_for(loss)
+            if (not sizes or len(set(sizes)) != len(sizes)
+                    or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)):
+                raise InputError(f"{where} equivalent_data = {self.equivalent_data!r}: give {loss} at least one "
+                                 "size (an integer >= 1), each once")
         if isinstance(self.patience, dict):
             for loss in self.losses:
                 value = self.patience.get(loss)

@@ -89,22 +89,23 @@ class Split:
         g0, g1 = self.frames(which)
         return range(g0 // self.frames_per_traj, g1 // self.frames_per_traj)
 
-    def kept(self, which: str) -> int:
-        """Frames in use in ``which``."""
-        g0, g1 = self.frames(which)
-        return g1 - g0 if self.cuts is None else sum(self.cuts[t] for t in self.trajectories(which))
+    def kept(self, which: str, stride: int = 1) -> int:
+        """Frames in use in ``which`` (with ``stride`` r: only trajectory frames 0, r, 2r, ...)."""
+        return sum(-(-self._in_use(t) // stride) for t in self.trajectories(which))
 
-    def first_kept(self, which: str, count: int) -> tuple[int, int]:
-        """The frame range from the start of ``which`` that holds its first ``count`` frames in use."""
-        g0, _ = self.frames(which)
-        if self.cuts is None:
-            return g0, g0 + count
+    def _in_use(self, traj: int) -> int:
+        return self.frames_per_traj if self.cuts is None else self.cuts[traj]
+
+    def first_kept(self, which: str, count: int, stride: int = 1) -> tuple[int, int]:
+        """The frame range from the start of ``which`` whose frames in use (every ``stride``-th frame of each
+        trajectory) number ``count``."""
         remaining = count
         for t in self.trajectories(which):
-            if remaining <= self.cuts[t]:
-                return g0, t * self.frames_per_traj + remaining
-            remaining -= self.cuts[t]
-        raise InputError(f"{which}: {count} frames asked for, only {self.kept(which)} in use")
+            here = -(-self._in_use(t) // stride)
+            if remaining <= here:
+                return self.frames(which)[0], t * self.frames_per_traj + (remaining - 1) * stride + 1
+            remaining -= here
+        raise InputError(f"{which}: {count} frames asked for, only {self.kept(which, stride)} in use")
 
 
 def split_of(dataset, validation: int, test: int, cuts: tuple[int, ...] | None = None) -> Split:
@@ -118,34 +119,43 @@ def split_of(dataset, validation: int, test: int, cuts: tuple[int, ...] | None =
 
 @dataclass(frozen=True)
 class Piece:
-    """Frames ``[start, stop)`` (offsets inside the shard) of shard ``shard``."""
+    """Frames ``start, start + step, ... < stop`` (offsets inside the shard) of shard ``shard``."""
 
     shard: int
     start: int
     stop: int
+    step: int = 1
 
     @property
     def frames(self) -> int:
-        return self.stop - self.start
+        return len(range(self.start, self.stop, self.step))
+
+    @property
+    def rows(self) -> slice:
+        """The piece's rows of a shard's arrays."""
+        return slice(self.start, self.stop, self.step)
 
 
 def pieces(frame_range: tuple[int, int], frames_per_shard: int, cuts: Sequence[int] | None = None,
-           frames_per_traj: int | None = None) -> dict[int, Piece]:
+           frames_per_traj: int | None = None, stride: int = 1) -> dict[int, Piece]:
     """The shards intersecting ``[g0, g1)`` and which of their frames are selected; with ``cuts`` only each
-    trajectory's first ``cuts[t]`` frames (a shard never straddles trajectories, so a piece stays contiguous)."""
+    trajectory's first ``cuts[t]`` frames (a shard never straddles trajectories, so a piece stays contiguous);
+    with ``stride`` r only trajectory frames 0, r, 2r, ... (``[labels] full_every``: the frames with all forces)."""
     g0, g1 = frame_range
     if not 0 <= g0 < g1:
         raise InputError(f"frame selection [{g0}, {g1}) is empty")
     S = frames_per_shard
+    F = frames_per_traj or S
     out = {}
     for s in range(g0 // S, (g1 - 1) // S + 1):
         start, stop = max(g0, s * S) - s * S, min(g1, (s + 1) * S) - s * S
+        offset = (s * S) % F                          # the shard's first frame within its trajectory
         if cuts is not None:
-            traj, offset = divmod(s * S, frames_per_traj)
-            stop = min(stop, cuts[traj] - offset)
-            if stop <= start:
-                continue
-        out[s] = Piece(s, start, stop)
+            stop = min(stop, cuts[(s * S) // F] - offset)
+        start += -(offset + start) % stride           # the first selected trajectory frame
+        if stop <= start:
+            continue
+        out[s] = Piece(s, start, stop, stride)
     if not out:
         raise InputError(f"frame selection [{g0}, {g1}) keeps no frame under [split] observable_floor")
     return out
@@ -299,7 +309,7 @@ class BatchStream:
                  rank: int = 0, size: int = 1, seed: int = 0, memory_mb: float = 1024.0,
                  shuffle_buffer: int = 8192, prefetch: int = 2, loader_workers: int = 0,
                  dtype: torch.dtype = torch.float32, shuffle: bool = True, training: bool = True, draw: int = 0,
-                 cuts: Sequence[int] | None = None):
+                 cuts: Sequence[int] | None = None, stride: int = 1):
         self.path, self.names, self.draw = str(path), list(names), int(draw)
         self.rank, self.size, self.seed, self.batch = rank, size, seed, int(batch)
         self.dtype, self.shuffle, self.prefetch, self.loader_workers = dtype, shuffle, prefetch, loader_workers
@@ -315,7 +325,7 @@ class BatchStream:
         if not 0 <= self.draw < schema.draws:
             raise InputError(f"store {self.path}: draw {self.draw} does not exist (the store has {schema.draws} "
                              "index set(s) per frame; [labels] draws)")
-        self.selection = pieces(frame_range, schema.frames_per_shard, cuts, schema.frames_per_traj)
+        self.selection = pieces(frame_range, schema.frames_per_shard, cuts, schema.frames_per_traj, stride)
         self.n_frames = sum(p.frames for p in self.selection.values())
         specs = schema.arrays()
         self.bytes_per_frame = sum(specs[n].bytes_per_frame // (schema.draws if n in schema.draw_arrays() else 1)
@@ -363,8 +373,9 @@ class BatchStream:
             source = ((s, {k: np.asarray(v) for k, v in arrays.items()}) for s, arrays in loader)
         else:
             source = _read_pieces_thread(self.path, self.names, piece_list, self.prefetch, self.draw)
-        for shard, arrays in source:
-            yield by_shard[int(shard)], arrays
+        for shard, arrays in source:   # the piece's rows only, so a consumer reads [0, piece.frames)
+            piece = by_shard[int(shard)]
+            yield piece, {k: v[piece.rows] for k, v in arrays.items()}
 
     def _to_torch(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v).to(self.dtype) if v.dtype.kind == "f" else torch.from_numpy(v)
@@ -381,9 +392,9 @@ class BatchStream:
         blocks = self._blocks(self.pieces(epoch))
         try:
             for piece, arrays in blocks:
-                offset = piece.start
-                while offset < piece.stop:
-                    count = min(buf.free(), piece.stop - offset)
+                offset = 0
+                while offset < piece.frames:
+                    count = min(buf.free(), piece.frames - offset)
                     buf.put(arrays, offset, offset + count)
                     offset += count
                     while buf.free() == 0 and produced < steps:
@@ -405,8 +416,8 @@ class BatchStream:
         """Every frame of this worker's share (epoch-0 shards), in order, in batches (the last may be
         smaller): for validation and evaluation, where no frame may be dropped."""
         for piece, arrays in self._blocks(self.pieces(0)):
-            for a in range(piece.start, piece.stop, self.batch):
-                b = min(a + self.batch, piece.stop)
+            for a in range(0, piece.frames, self.batch):
+                b = min(a + self.batch, piece.frames)
                 yield self._to_torch({k: v[a:b] for k, v in arrays.items()})
 
     def _draw(self, buf: ShuffleBuffer) -> dict[str, np.ndarray]:
@@ -415,15 +426,15 @@ class BatchStream:
 
 # ----------------------------------------------------------------------------- statistics
 def frame_moments(path: str, name: str, frame_range: tuple[int, int], draw: int = 0,
-                  cuts: Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray, int]:
+                  cuts: Sequence[int] | None = None, stride: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-component mean and standard deviation (ddof = 1) of array ``name`` (its draw ``draw``
     where it has a draw axis) over ``[g0, g1)``, streamed shard by shard in float64 (shifted by the
     first frame to avoid cancellation)."""
     dataset = open_dataset(path)
     shift, total, total2, count = None, None, None, 0
     for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard, cuts,
-                                  dataset.schema.frames_per_traj).items()):
-        block = read_shard(dataset, s, [name], draw)[name][piece.start:piece.stop].astype(np.float64)
+                                  dataset.schema.frames_per_traj, stride).items()):
+        block = read_shard(dataset, s, [name], draw)[name][piece.rows].astype(np.float64)
         if shift is None:
             shift = block[0].copy()
             total, total2 = np.zeros_like(shift), np.zeros_like(shift)

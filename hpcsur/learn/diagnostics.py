@@ -64,13 +64,16 @@ def encoding_diagnostics(encoded: str, frame_range: tuple[int, int]) -> dict:
     for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard, cuts,
                                   dataset.schema.frames_per_traj).items()):
         arrays = dataset.shard(s, names)
-        blocks.append({k: v[piece.start:piece.stop] for k, v in arrays.items()})
+        blocks.append({k: v[piece.rows] for k, v in arrays.items()})
     cat = {k: np.concatenate([b[k] for b in blocks]) for k in names}
     out = {"frames": sum(len(b[names[0]]) for b in blocks) if names else frame_range[1] - frame_range[0]}
     for name in ("kappa", "coherence"):
         if name in cat:
             out[name] = {"mean": float(np.mean(cat[name])), "max": float(np.max(cat[name]))}
-    if "jf" in cat:
+    labelled = np.isfinite(cat["jf"]).all(-1) if "jf" in cat else None   # [labels] full_every: frames with f
+    if labelled is not None and labelled.any():
+        cat.update({k: cat[k][labelled] for k in ("jf", "lxp_R", "lxp_y", "lx_y", "lx_r2")})
+        out["labelled_frames"] = int(labelled.sum())
         jf = cat["jf"]
         noise = []
         for draw in range(cat["lxp_R"].shape[1]):

@@ -144,7 +144,8 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
     attrs.update({"source": str(Path(source).resolve()), "source_spec_hash": src.attrs["spec_hash"],
                   "autoencoder": digest, "latent_dim": ae.shape.latent_dim, "n_obs": ae.shape.n_obs,
                   "observables": src.attrs.get("observables", []), "k": src.schema.k, "draws": src.schema.draws,
-                  "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"]), "right_inverse": right_inverse})
+                  "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"]), "right_inverse": right_inverse,
+                  "full_every": src.attrs.get("full_every")})   # [labels] full_every: J f is NaN between those frames
     cuts = store_cuts(src, observable_floor)
     if cuts is not None:
         attrs.update({"observable_floor": observable_floor, "kept_frames": list(cuts)})

@@ -215,7 +215,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     n_obs = int(attrs["n_obs"])
     names = list(attrs.get("observables") or [f"z{i}" for i in range(n_obs)])
     t, z_true, trajs = test_paths(encoded, split, eval_cfg.trajectories, eval_cfg.frames)
-    runs = latent_runs(latent_cfg, attrs, split.kept("train"), losses, seeds, sizes)
+    runs = latent_runs(latent_cfg, attrs, split, losses, seeds, sizes)
     n_val = split.kept("validation")
     groups: dict[tuple[str, int], list] = {}
     for run in runs:

@@ -193,13 +193,15 @@ def training_frames(loss: str, equivalent_data: int, p_eff: float, available: in
 
 @dataclass(frozen=True)
 class LatentRun:
-    """One latent model: its loss, equivalent-data size, seed, training frames K and index-set draw."""
+    """One latent model: its loss, equivalent-data size, seed, training frames K, index-set draw, and the stride r
+    of its training frames (L_z / L_x under ``[labels] full_every = r``: trajectory frames 0, r, 2r, ...)."""
 
     loss: str
     size: int
     seed: int
     frames: int
     draw: int
+    stride: int = 1
 
     @property
     def name(self) -> str:
@@ -210,14 +212,21 @@ def run_name(loss: str, size: int, seed: int) -> str:
     return f"{loss}-e{size}-s{seed}"
 
 
-def latent_runs(latent: cfg.Latent, attrs: dict, available: int, losses=None, seeds=None, sizes=None) -> list[LatentRun]:
+def latent_runs(latent: cfg.Latent, attrs: dict, split, losses=None, seeds=None, sizes=None) -> list[LatentRun]:
     """Every (loss, size, seed) model of a spec, in training order (one-line error if one cannot be
-    trained from the data). Seed s trains on index-set draw s mod draws."""
+    trained from the data). Seed s trains on index-set draw s mod draws; L_z and L_x train on the frames
+    with all forces (every ``full_every``-th frame of a trajectory when the store budgets them)."""
     p_eff, draws = float(attrs["p_eff"]), int(attrs.get("draws", 1))
-    return [LatentRun(loss, size, seed, training_frames(loss, size, p_eff, available, latent.batch),
-                      seed % draws if loss == "lxp" else 0)
-            for loss in (losses or latent.losses) for size in (sizes or latent.sizes)
-            for seed in (seeds if seeds is not None else latent.seeds)]
+    full_every = int(attrs.get("full_every") or 1)
+    runs = []
+    for loss, size, seed in latent.models():
+        if (losses and loss not in losses) or (sizes and size not in sizes) or (seeds is not None and seed not in seeds):
+            continue
+        stride = full_every if loss in ("lz", "lx") else 1
+        runs.append(LatentRun(loss, size, seed, training_frames(loss, size, p_eff, split.kept("train", stride),
+                                                                latent.batch),
+                              seed % draws if loss == "lxp" else 0, stride))
+    return runs
 
 
 def validation_scorer(encoded: str, split, substeps: int, n_obs: int):
@@ -248,7 +257,7 @@ def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Late
         if missing:
             raise InputError(f"store {encoded}: loss {loss} needs array {missing[0]!r}, which this store lacks "
                              "(generate with [labels] full = true for lz / lx)")
-    runs = latent_runs(latent, dataset.attrs, sp.kept("train"), losses, seeds, sizes)
+    runs = latent_runs(latent, dataset.attrs, sp, losses, seeds, sizes)
     scorer = (validation_scorer(encoded, sp, substeps, int(dataset.attrs["n_obs"]))
               if latent.select == "val_rollout" else None)
     summaries = []
@@ -268,9 +277,9 @@ def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Late
     return summaries
 
 
-def latent_statistics(encoded: str, loss: str, frame_range, draw: int = 0, cuts=None) -> dict:
-    z_mean, z_std, _ = frame_moments(encoded, "z", frame_range, cuts=cuts)
-    t_mean, t_std, _ = frame_moments(encoded, TARGET_ARRAY[loss], frame_range, draw, cuts=cuts)
+def latent_statistics(encoded: str, loss: str, frame_range, draw: int = 0, cuts=None, stride: int = 1) -> dict:
+    z_mean, z_std, _ = frame_moments(encoded, "z", frame_range, cuts=cuts, stride=stride)
+    t_mean, t_std, _ = frame_moments(encoded, TARGET_ARRAY[loss], frame_range, draw, cuts=cuts, stride=stride)
     return {"z_mean": z_mean, "z_std": safe_std(z_std), "t_mean": t_mean, "t_std": safe_std(t_std)}
 
 
@@ -282,13 +291,13 @@ def _train_one(dataset, encoded, out, sp, latent, train, backend, run: LatentRun
     shape = latent_shape(latent, int(dataset.attrs["latent_dim"]))
     torch.manual_seed(run.seed)
     model = LatentDynamics(shape)
-    frames = sp.first_kept("train", run.frames)   # the first K training frames in use
-    model.set_normalisation(**latent_statistics(encoded, run.loss, frames, run.draw, sp.cuts))
+    frames = sp.first_kept("train", run.frames, run.stride)   # the first K training frames in use
+    model.set_normalisation(**latent_statistics(encoded, run.loss, frames, run.draw, sp.cuts, run.stride))
     names = ["z", *LOSS_ARRAYS[run.loss]]
     common = dict(rank=backend.rank, size=backend.size, seed=run.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers,
                   draw=run.draw)
-    train_stream = BatchStream(encoded, names, frames, latent.batch, cuts=sp.cuts, **common)
+    train_stream = BatchStream(encoded, names, frames, latent.batch, cuts=sp.cuts, stride=run.stride, **common)
     config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay,
                        patience=latent.patience_for(run.loss),
                        factor=latent.factor, min_lr=latent.min_lr, checkpoint_minutes=train.checkpoint_minutes,

@@ -30,7 +30,7 @@ import numpy as np
 from hpcsur import __version__
 from hpcsur.errors import InputError
 from hpcsur.log import Progress
-from hpcsur.ops.jobspec import JobSpec, dump_job
+from hpcsur.ops.jobspec import JobSpec, count_full_labels, dump_job, full_label_frames
 from hpcsur.ops.systems import build_system, initial_state, make_domain, domain_shape, min_cells_per_rank
 from hpcsur.parallel.grid import check_grid
 from hpcsur.parallel.sampling import index_set, n_chosen
@@ -114,7 +114,8 @@ def dataset_attrs(spec: JobSpec, system, plan: Plan) -> dict:
         "seed": spec.simulation.seed, "dt": spec.simulation.dt, "save_every": spec.simulation.save_every,
         "steps": spec.simulation.steps, "integrator": spec.integrator,
         "n_traj": spec.simulation.trajectories, "frames_per_traj": plan.frames_per_traj,
-        "full_labels": spec.labels.full, "positions_unwrapped": registry.get(spec.kind).positions_unwrapped,
+        "full_labels": spec.labels.full, "full_every": spec.labels.full_every,
+        "full_label_frames": count_full_labels(spec), "positions_unwrapped": registry.get(spec.kind).positions_unwrapped,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
     }
 
@@ -268,20 +269,22 @@ def _simulate_shard(spec, system, domain, plan: Plan, traj: int, j: int, writer:
     keep = me == writer
     xs, idxs, labels, fulls = [], [], [], []
     all_blocks = np.arange(system.layout.n_blocks, dtype=np.int64)
+    budget = full_label_frames(spec)
     for f in range(j * S, (j + 1) * S):
         if f > 0:  # frame 0 is the initial state; frame f is save_every steps after frame f - 1
             domain.advance(sim.save_every)
         idx = np.stack([index_set(sim.seed, traj, f, system.layout.n_blocks, plan.k, draw)
                         for draw in range(spec.labels.draws)])
         labs = [domain.labels(i, root=writer) for i in idx]   # collective: every rank of the group calls it
-        full = domain.labels(all_blocks, root=writer) if spec.labels.full else None
+        wants_full = spec.labels.full and (budget is None or budget[traj, f])
+        full = domain.labels(all_blocks, root=writer) if wants_full else None   # collective, same on every rank
         x = domain.gather(root=writer)
         if keep:
             xs.append(x)
             idxs.append(idx)
             labels.append(np.stack(labs))
-            if full is not None:
-                fulls.append(_flatten(system, full))
+            if spec.labels.full:
+                fulls.append(_flatten(system, full) if full is not None else np.full(system.layout.size, np.nan))
     if not keep:
         return None
     frames = np.arange(j * S, (j + 1) * S)

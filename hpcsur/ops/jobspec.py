@@ -35,6 +35,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
+import numpy as np
+
 from hpcsur.errors import InputError
 from hpcsur.config import build, field, to_table
 from hpcsur.learn.config import Autoencoder, Evaluate, Latent, Split, Train
@@ -114,12 +116,20 @@ class Simulation:
 class Labels:
     p: float = field(gt=0.0, le=1.0, doc="fraction of blocks whose forces are computed")
     full: bool = field(False, doc="also store the forces on all blocks (L_z / L_x baselines)")
+    full_every: Optional[int] = field(None, ge=1, doc="with full = true, compute all forces only on every full_every-th "
+                                                      "frame of each training trajectory (frames 0, r, 2r, ...) and on "
+                                                      "every validation frame -- the frames L_z / L_x train and validate "
+                                                      "on; f_full is NaN elsewhere (default: every frame)")
     draws: int = field(1, ge=1, le=64, doc="independent index sets per frame; latent seed s trains on draw s mod draws "
                                            "(the labelling cost grows with draws x |I|, never with N)")
     precision: str = field("float64", choices=("float64", "float32"),
                            doc="stored precision of the states and forces (half the disk in float32); the physics "
                                "runs in float64 either way, and a resumed float32 trajectory restarts from its "
                                "initial state so that it stays bit-identical")
+
+    def validate(self, where: str) -> None:
+        if self.full_every is not None and not self.full:
+            raise InputError(f"{where} full_every = {self.full_every} needs full = true (it budgets the full labels)")
 
 
 @dataclass(frozen=True)
@@ -405,7 +415,7 @@ class JobSpec:
 DATA_SECTIONS = ("system", "simulation", "initial", "labels")
 #: Spec fields added after stores and run folders existed, with the default that reproduces what those hold: at
 #: that default they are left out of the data hash and the stage provenance, so older stores and runs stay current.
-LATE_DEFAULTS = {"labels.precision": "float64", "split.observable_floor": None}
+LATE_DEFAULTS = {"labels.precision": "float64", "split.observable_floor": None, "labels.full_every": None}
 
 
 def without_late_defaults(flat: dict[str, Any]) -> dict[str, Any]:
@@ -453,6 +463,29 @@ def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> J
     _check_learning(spec)
     _check_campaign(spec)
     return spec
+
+
+def full_label_frames(spec: JobSpec) -> np.ndarray | None:
+    """Which frames get all forces under ``[labels] full_every = r``, as a (T, F) bool mask: frames 0, r, 2r, ... of
+    every training trajectory and every validation frame (test frames are scored on observables and need no
+    forces). None when ``full_every`` is not set: then every frame has them if ``full = true``, none otherwise."""
+    stride = spec.labels.full_every
+    if not spec.labels.full or stride is None:
+        return None
+    T, F = spec.simulation.trajectories, spec.simulation.frames_per_trajectory
+    train = max(0, T - spec.split.validation - spec.split.test)
+    mask = np.zeros((T, F), dtype=bool)
+    mask[:train, ::stride] = True
+    mask[train:min(T, train + spec.split.validation)] = True
+    return mask
+
+
+def count_full_labels(spec: JobSpec) -> int:
+    """Frames whose forces are computed everywhere (the store's share of the force-cost ledger)."""
+    mask = full_label_frames(spec)
+    if mask is not None:
+        return int(mask.sum())
+    return spec.simulation.trajectories * spec.simulation.frames_per_trajectory if spec.labels.full else 0
 
 
 def state_layout(spec: JobSpec) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hpcsur.errors import InputError
-from hpcsur.ops.jobspec import JobSpec, state_layout
+from hpcsur.ops.jobspec import JobSpec, count_full_labels, state_layout
 from hpcsur.parallel.sampling import n_chosen
 from hpcsur.systems import registry
 
@@ -39,7 +39,7 @@ class Estimate:
 
     def lines(self) -> list[str]:
         return [f"store: {self.frames:,} frames x {self.bytes_per_frame:,} B = {human(self.store_bytes)} "
-                f"(+ encoding {human(self.encoded_bytes)})",
+                f"(+ encoding {human(self.encoded_bytes)}) before compression, the most it can take",
                 f"memory: {human(self.memory_per_rank)} per rank",
                 f"generate: about {duration(self.generate_seconds)} on {self.ranks} rank(s) "
                 "(rates measured on a 2-vCPU VM)"]
@@ -68,7 +68,8 @@ def estimate(spec: JobSpec, ranks: int = 1) -> Estimate:
     k = n_chosen(spec.labels.p, n)
     frames = spec.simulation.trajectories * spec.simulation.frames_per_trajectory
     real = 4 if spec.labels.precision == "float32" else 8
-    per_frame = real * N * (2 if spec.labels.full else 1) + spec.labels.draws * k * (real * m + 8) + 8 * (4 + 8)
+    full_share = count_full_labels(spec) / frames    # [labels] full_every: unlabelled f_full rows compress away
+    per_frame = int(real * N * (1 + full_share) + spec.labels.draws * k * (real * m + 8) + 8 * (4 + 8))
     d = spec.autoencoder.latent_dim if spec.autoencoder else 0
     encoded = 8 * (d + spec.labels.draws * (d * d + 2 * d + 1) + 4
                    + ((d * d + 3 * d + 1) if spec.labels.full else 0)) if d else 0

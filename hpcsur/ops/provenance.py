@@ -150,12 +150,10 @@ def stale(spec: JobSpec, stage: str) -> list[str]:
 
         latent = Path(spec.run_dir) / "latent"
         fields: set[str] = set()
-        for loss in spec.latent.losses:
-            for size in spec.latent.sizes:
-                for seed in spec.latent.seeds:
-                    folder = latent / run_name(loss, size, seed)
-                    if folder.exists():
-                        fields.update(changed(read_record(folder / "inputs.json"), run_inputs(spec, loss, size, seed)))
+        for loss, size, seed in spec.latent.models():
+            folder = latent / run_name(loss, size, seed)
+            if folder.exists():
+                fields.update(changed(read_record(folder / "inputs.json"), run_inputs(spec, loss, size, seed)))
         return sorted(fields)
     main = record_path(spec, stage)
     if not any(p.exists() for p in outputs if p != main):
@@ -183,14 +181,11 @@ def clear(spec: JobSpec, stage: str, only_stale_runs: bool = True) -> list[Path]
     if stage == "train-latent" and only_stale_runs:
         from hpcsur.learn.stages import run_name
 
-        for loss in spec.latent.losses:
-            for size in spec.latent.sizes:
-                for seed in spec.latent.seeds:
-                    folder = Path(spec.run_dir) / "latent" / run_name(loss, size, seed)
-                    if folder.exists() and changed(read_record(folder / "inputs.json"),
-                                                   run_inputs(spec, loss, size, seed)):
-                        shutil.rmtree(folder)
-                        gone.append(folder)
+        for loss, size, seed in spec.latent.models():
+            folder = Path(spec.run_dir) / "latent" / run_name(loss, size, seed)
+            if folder.exists() and changed(read_record(folder / "inputs.json"), run_inputs(spec, loss, size, seed)):
+                shutil.rmtree(folder)
+                gone.append(folder)
         return gone
     for path in stage_outputs(spec, stage):
         if path.is_dir():

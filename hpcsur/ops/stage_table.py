@@ -45,7 +45,7 @@ def _latent_done_files(spec) -> list[Path]:
     from hpcsur.learn.stages import run_name
 
     return [Path(spec.run_dir) / "latent" / run_name(loss, size, seed) / "done.json"
-            for loss in spec.latent.losses for size in spec.latent.sizes for seed in spec.latent.seeds]
+            for loss, size, seed in spec.latent.models()]
 
 
 def generate_done(spec) -> bool:

@@ -156,7 +156,7 @@ def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
            "jacobian": jacobian_diagnostics(load_autoencoder(spec.store.path, Path(spec.run_dir), ae), x, x_std)}
     if spec.latent is not None and store.exists(encoded_path(spec)):
         enc = store.open_dataset(encoded_path(spec))
-        runs = latent_runs(spec.latent, enc.attrs, split.kept("train"))
+        runs = latent_runs(spec.latent, enc.attrs, split)
         out["encoding"] = encoding_diagnostics(encoded_path(spec), split.first_kept("train", max(r.frames for r in runs)))
     path = Path(spec.run_dir) / "autoencoder" / "diagnostics.json"
     path.write_text(json.dumps(out, indent=1))

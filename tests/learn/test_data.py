@@ -171,3 +171,26 @@ def test_errors_skip_the_frames_out_of_use():
     e_sq, e_abs = trajectory_errors(pred, true)
     np.testing.assert_allclose(e_abs, [0.5 / 3.0, 0.0])
     np.testing.assert_allclose(e_sq, [0.25 / 3.0, 0.0])
+
+
+def test_strided_selection_equals_a_brute_force_mask():
+    """[labels] full_every = r: the L_z / L_x frames are trajectory frames 0, r, 2r, ... in use; pieces, kept and
+    first_kept must select exactly the frames a per-frame mask over the store selects."""
+    F, S, cuts = 40, 8, (33, 40, 17, 5, 40)
+    split = Split(n_traj=5, frames_per_traj=F, validation=1, test=1, cuts=cuts)
+    frame = np.arange(5 * F)
+    in_use = (frame % F) < np.repeat(cuts, F)
+    for r in (1, 3, 8, 11):
+        mask = in_use & ((frame % F) % r == 0)
+        train = mask & (frame < 3 * F)
+        assert split.kept("train", r) == train.sum()
+        for count in (1, 4, int(train.sum())):
+            g0, g1 = split.first_kept("train", count, r)
+            chosen = np.flatnonzero(train & (frame < g1))
+            assert g0 == 0 and len(chosen) == count and chosen[-1] == g1 - 1
+            sel = pieces((g0, g1), S, cuts, F, r)
+            picked = np.concatenate([p.shard * S + np.arange(S)[p.rows] for p in sel.values()])
+            np.testing.assert_array_equal(picked, chosen)
+            assert sum(p.frames for p in sel.values()) == count
+        with pytest.raises(InputError, match="frames asked for"):
+            split.first_kept("train", int(train.sum()) + 1, r)

@@ -94,7 +94,9 @@ def test_bad_protocol_values_are_one_line():
 
 @pytest.mark.parametrize("edit,message", [
     ("epochs = 2\nbatch = 16", "[latent] schedule_on = 'often' is not allowed"),
-    ("seeds = [1]", "[latent] equivalent_data = [60, 60]: give at least one size, each once"),
+    ("seeds = [1]", "[latent] equivalent_data = [60, 60]: give lz at least one size (an integer >= 1), each once"),
+    ("seeds = [1]#table", "[latent] equivalent_data has key 'lx', which is not in losses"),
+    ("seeds = [1]#missing", "[latent] equivalent_data = {'lz': 60}: give lxp at least one size"),
     ("hidden = [8]", "[latent] forcing = true is allowed only with model = \"onsagernet\""),
     ("draws = 2", "[labels] draws = 0 is out of range"),
     ("lambda_cond = 1e-6", "[autoencoder] recipe = 'paper' is not allowed"),
@@ -104,13 +106,15 @@ def test_bad_protocol_specs_are_one_line(pp_store, tmp_path, edit, message):
     text = PP_JOB.format(store=store, run=tmp_path / "run", hidden=8)
     replacement = {"epochs = 2\nbatch = 16": "epochs = 2\nbatch = 16\nschedule_on = \"often\"",
                    "seeds = [1]": "seeds = [1]\nequivalent_data = [60, 60]",
+                   "seeds = [1]#table": "seeds = [1]\nequivalent_data = { lz = 60, lxp = 12, lx = 3 }",
+                   "seeds = [1]#missing": "seeds = [1]\nequivalent_data = { lz = 60 }",
                    "hidden = [8]": "hidden = [8]\nmodel = \"onsagernet_ref\"\nforcing = true",
                    "draws = 2": "draws = 0",
                    "lambda_cond = 1e-6": "lambda_cond = 1e-6\nrecipe = \"paper\""}[edit]
-    if edit == "seeds = [1]":
+    if edit.startswith("seeds = [1]"):
         text = text.replace("equivalent_data = 60\n", "")
     job = tmp_path / "bad.toml"
-    job.write_text(text.replace(edit, replacement, 1))
+    job.write_text(text.replace(edit.split("#")[0], replacement, 1))
     res = subprocess.run([HPCSUR, "validate", str(job)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr

@@ -272,6 +272,33 @@ def test_float32_storage_rounds_float64_physics_and_resumes_bit_identical(refs, 
     assert_identical(fresh, out, "float32 store resumed after a stop")
 
 
+def test_full_every_budgets_the_full_labels(refs, tmp_path):
+    """[labels] full_every = r: all forces only on trajectory frames 0, r, 2r, ... of the training trajectories and
+    on every validation frame (NaN elsewhere, never computed); those frames equal the every-frame store's, every
+    other array is bit-identical, the attributes count the labelled frames, and the store is smaller."""
+    from hpcsur.ops.jobspec import full_label_frames, load_job
+
+    text = pp_job().replace("full = true", "full = true\nfull_every = 4") + "[split]\nvalidation = 1\ntest = 1\n"
+    job = write_job(tmp_path, "pp", text)
+    out = tmp_path / "budget"
+    generate(job, out, 2)
+    got, ref = load(out), load(refs["pp"])
+    mask = full_label_frames(load_job(job)).reshape(-1)
+    expected = np.zeros((4, 15), dtype=bool)
+    expected[:2, [0, 4, 8, 12]] = True      # training trajectories 0, 1: every 4th frame
+    expected[2] = True                      # the validation trajectory: every frame; the test one: none
+    np.testing.assert_array_equal(mask, expected.reshape(-1))
+    np.testing.assert_array_equal(got["f_full"][mask], ref["f_full"][mask])
+    assert np.isnan(got["f_full"][~mask]).all()
+    for name in ("x", "idx", "f_partial", "phi", "t", "step", "traj"):
+        np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
+    attrs = open_dataset(out).attrs
+    assert attrs["full_every"] == 4 and attrs["full_label_frames"] == int(expected.sum()) == 23
+    assert info(out)["bytes_on_disk"] < info(refs["pp"])["bytes_on_disk"]
+    res = hpcsur("validate", write_job(tmp_path / "bad", "pp", text.replace("full = true\n", "")))
+    assert res.returncode == 2 and "full_every = 4 needs full = true" in res.stderr
+
+
 # ----------------------------------------------------------------------------- 3. lock
 @pytest.mark.mpi
 def test_locked_store_is_refused(refs, tmp_path):
