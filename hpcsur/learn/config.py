@@ -20,7 +20,7 @@ from hpcsur.config import field
 from hpcsur.errors import InputError
 
 ACTIVATIONS = ("softplus", "tanh", "relu", "gelu", "silu", "relu2")
-MODELS = ("mlp", "onsagernet", "onsagernet_ref", "gfinn")
+MODELS = ("mlp", "onsagernet", "onsagernet_ref", "onsagernet_shared", "gfinn")
 LOSSES = ("lz", "lx", "lxp")
 RECIPES = ("hpcsur", "reference")
 SCHEDULE_ON = ("train", "val", "none")
@@ -83,6 +83,11 @@ class Autoencoder:
     max_train_frames: Optional[int] = field(None, ge=1, doc="cap on training frames per epoch")
 
 
+#: The [latent] protocol fields that may be a table per loss: (type, lower bound, strict).
+PER_LOSS = {"epochs": (int, 1, False), "batch": (int, 1, False), "lr": (float, 0.0, True),
+            "min_lr": (float, 0.0, False), "patience": (int, 1, False)}
+
+
 @dataclass(frozen=True, kw_only=True)
 class Latent:
     """Latent ODE model g_theta and the losses it is trained with.
@@ -110,21 +115,28 @@ class Latent:
     equivalent_data: int | list[int] | dict = field(ge=1, doc="configurations x p, a list of them, or a table "
                                                               "per loss (see the class docstring)")
     seeds: list[int] = field([1, 2, 3], ge=0)
-    epochs: int = field(200, ge=1)
-    batch: int = field(256, ge=1)
-    lr: float = field(5e-3, gt=0.0)
+    epochs: int | dict = field(200, ge=1, doc="epochs, or one per loss, e.g. { lz = 1000, lxp = 2000 }")
+    batch: int | dict = field(256, ge=1, doc="batch per worker, or one per loss")
+    lr: float | dict = field(5e-3, gt=0.0, doc="learning rate, or one per loss")
     weight_decay: float = field(0.0, ge=0.0)
     patience: int | dict = field(50, ge=1, doc="ReduceLROnPlateau patience (epochs), or one per loss, e.g. "
                                                "{ lz = 50, lx = 100, lxp = 100 } (the reference's)")
     factor: float = field(0.5, gt=0.0, lt=1.0)
-    min_lr: float = field(5e-6, ge=0.0)
+    min_lr: float | dict = field(5e-6, ge=0.0, doc="the scheduler's floor, or one per loss")
     schedule_on: str = field("val", choices=SCHEDULE_ON, doc="what the learning-rate scheduler watches")
     select: str = field("val_loss", choices=SELECT, doc="which model is kept and scored")
     select_every: int = field(50, ge=1, doc="epochs between validation rollouts (select = val_rollout)")
     snapshot_every: int = field(100, ge=0, doc="epochs between saved models for error-vs-epoch curves (0: none)")
 
     def patience_for(self, loss: str) -> int:
-        return self.patience[loss] if isinstance(self.patience, dict) else self.patience
+        return self.for_loss("patience", loss)
+
+    def for_loss(self, name: str, loss: str):
+        """The value of protocol field ``name`` (epochs, batch, lr, min_lr, patience) for ``loss``: the field
+        itself, or its entry when the spec gives a table per loss (the reference trains L_z and L_x,p with
+        different batches, rates and epochs)."""
+        value = getattr(self, name)
+        return value[loss] if isinstance(value, dict) else value
 
     def sizes_for(self, loss: str) -> list[int]:
         """The equivalent-data sizes ``loss`` trains at."""
@@ -152,15 +164,25 @@ class Latent:
                     or any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in sizes)):
                 raise InputError(f"{where} equivalent_data = {self.equivalent_data!r}: give {loss} at least one "
                                  "size (an integer >= 1), each once")
-        if isinstance(self.patience, dict):
-            for loss in self.losses:
-                value = self.patience.get(loss)
-                if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                    raise InputError(f"{where} patience.{loss} = {value!r} is not allowed; give an integer >= 1 for "
-                                     f"every loss in losses = {self.losses!r}")
-            unknown = sorted(set(self.patience) - set(LOSSES))
+        for name, (kind, low, strict) in PER_LOSS.items():
+            value = getattr(self, name)
+            if not isinstance(value, dict):
+                continue
+            unknown = sorted(set(value) - set(LOSSES))
             if unknown:
-                raise InputError(f"{where} patience has unknown key {unknown[0]!r}; allowed keys: {', '.join(LOSSES)}")
+                raise InputError(f"{where} {name} has unknown key {unknown[0]!r}; allowed keys: {', '.join(LOSSES)}")
+            for loss in self.losses:
+                v = value.get(loss)
+                ok = (not isinstance(v, bool) and isinstance(v, (int, float) if kind is float else int)
+                      and (v > low if strict else v >= low))
+                if not ok:
+                    raise InputError(f"{where} {name}.{loss} = {v!r} is not allowed; give "
+                                     f"{'a number' if kind is float else 'an integer'} {'>' if strict else '>='} {low} "
+                                     f"for every loss in losses = {self.losses!r}")
+        if self.model == "onsagernet_shared" and self.activation not in ("relu2", "tanh", "softplus", "relu"):
+            raise InputError(f"{where} activation = {self.activation!r} is not allowed with model = "
+                             "\"onsagernet_shared\" (its grad V needs a closed-form slope); choose relu2, tanh, "
+                             "softplus or relu")
         if self.forcing and self.model != "onsagernet":
             raise InputError(f"{where} forcing = true is allowed only with model = \"onsagernet\", not {self.model!r}")
         if len(set(self.losses)) != len(self.losses) or not self.losses:

@@ -18,6 +18,10 @@ All models act on normalised coordinates (``LatentDynamics`` maps raw z to raw d
                   It differs from ``onsagernet`` in alpha (0.01 vs 0.1), the potential's output width
                   (h2 vs d), the wider matrix net, its initial scale (gain 1 vs 0.1) and the biases --
                   differences that decide the L_x,p error at the paper's scale (see the README).
+* ``onsagernet_shared``  the reference code's Lennard-Jones / Allen-Cahn OnsagerNet (see
+                  :class:`SharedOnsagerNet`): one ResNet trunk feeds the potential, the matrices and a forcing;
+                  g(z) = -(M(z) + W(z) + alpha I) grad V(z) + F(z), V = |P(z)|^2 + beta |z|^2, W's diagonal zero;
+                  grad V by an explicit backward sweep, so training needs one backward pass, not a double one.
 * ``gfinn``       g(z) = L(z) grad E(z) + M(z) grad S(z)   (GENERIC; Zhang, Shin & Karniadakis)
                   with the degeneracy conditions L grad S = 0 and M grad E = 0 built in exactly:
                   L = P_S A P_S (A antisymmetric from a network, P_S = I - s s^T, s = grad S / |grad S|)
@@ -26,8 +30,8 @@ All models act on normalised coordinates (``LatentDynamics`` maps raw z to raw d
                   (The reference builds L and M from K skew matrices xi_k; the projections give the
                   same structure with the conditions exact rather than approximate.)
 
-Gradients of V, E, S are taken with autograd inside ``forward``; in training the graph is kept
-(``create_graph``) so the parameters get gradients through them.
+Gradients of V, E, S are taken with autograd inside ``forward`` (``onsagernet_shared``: explicitly); in
+training the graph is kept (``create_graph``) so the parameters get gradients through them.
 """
 from __future__ import annotations
 
@@ -119,6 +123,125 @@ class ReferenceOnsagerNet(nn.Module):
         return -((m + w) @ grad_e.unsqueeze(-1)).squeeze(-1) - ALPHA_REF * grad_e
 
 
+def activation_and_slope(name: str, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(a), f'(a)) of the activations with a closed-form slope."""
+    if name == "relu2":     # f = relu(a)^2 - relu(a - 1/2)^2, f' = 2 relu(a) - 2 relu(a - 1/2)
+        r, r_shift = torch.relu(a), torch.relu(a - 0.5)
+        return r * r - r_shift * r_shift, 2.0 * (r - r_shift)
+    if name == "tanh":
+        t = torch.tanh(a)
+        return t, 1.0 - t * t
+    if name == "softplus":
+        return torch.nn.functional.softplus(a), torch.sigmoid(a)
+    if name == "relu":
+        return torch.relu(a), (a > 0).to(a.dtype)
+    raise InputError(f"activation {name!r} is not allowed for onsagernet_shared; choose relu2, tanh, softplus or relu")
+
+
+def transposed(layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:
+    """delta W for a linear layer y = W x + b: the pull-back of d(.)/dy to d(.)/dx (also for a
+    :class:`StackedLinear`, whose weight is stored (K, in, out))."""
+    if isinstance(layer, nn.Linear):
+        return delta @ layer.weight
+    k = layer.weight.shape[0]
+    flat = delta.reshape(k, -1, delta.shape[-1])
+    return torch.bmm(flat, layer.weight.transpose(1, 2)).reshape(*delta.shape[:-1], layer.weight.shape[1])
+
+
+class SharedOnsagerNet(nn.Module):
+    """The reference code's Lennard-Jones / Allen-Cahn OnsagerNet (``onsagernet_shared``).
+
+    One trunk h(z): d -> h_1 -> ... -> h_L, h_1 = f(A_1 z + b_1) and h_i = f(A_i h_(i-1) + b_i) + h_(i-1) for
+    i > 1 where the widths agree (a ResNet skip), feeds three linear heads:
+
+        P(z) = A_p h(z) + b_p + G z + b_g            (width d)      V(z) = |P(z)|^2 + beta |z|^2
+        A(z) = A_m h(z) + b_m                        (d x d)        M = L L^T, L = tril(A);  W = U - U^T, U = triu(A, 1)
+        F(z) = A_f h(z) + b_f                        (width d)
+
+    g(z) = -(M(z) + W(z) + alpha I) grad V(z) + F(z), alpha = beta = 0.1.
+
+    grad V = 2 (dP/dz)^T P + 2 beta z is computed by an explicit backward sweep through the trunk,
+    delta_L = A_p^T 2P, delta_(i-1) = A_i^T (f'(a_i) * delta_i) (+ delta_i across a skip), grad V = delta_0 +
+    G^T 2P + 2 beta z -- ordinary tensor operations, so a training step needs one backward pass instead of
+    autograd's double backward through the potential's gradient. Initialisation as the reference: trunk and
+    matrix head Xavier-uniform (gain 0.1), trunk biases U(0, 0.05), the matrix head's bias a random orthogonal
+    d x d matrix, potential heads orthogonal (gain 0.1) with biases U(0, 0.1), forcing head orthogonal (gain 0.1)
+    with bias U(0, 0.05).
+    """
+
+    def __init__(self, d: int, hidden: list[int], activation: str = "relu2"):
+        super().__init__()
+        activation_and_slope(activation, torch.zeros(1))      # refuse an activation without a closed-form slope
+        self.d, self.activation = d, activation
+        widths = [d] + list(hidden)
+        self.trunk = nn.ModuleList(nn.Linear(a, b) for a, b in zip(widths, widths[1:]))
+        self.skip = [i > 0 and widths[i] == widths[i + 1] for i in range(len(hidden))]
+        self.potential_head = nn.Linear(widths[-1], d)
+        self.gamma = nn.Linear(d, d)
+        self.matrix_head = nn.Linear(widths[-1], d * d)
+        self.forcing_head = nn.Linear(widths[-1], d)
+        for layer in self.trunk:
+            nn.init.xavier_uniform_(layer.weight, gain=0.1)
+            nn.init.uniform_(layer.bias, 0.0, 0.05)
+        nn.init.xavier_uniform_(self.matrix_head.weight, gain=0.1)
+        with torch.no_grad():
+            self.matrix_head.bias.copy_(nn.init.orthogonal_(torch.empty(d, d)).reshape(-1))
+        for head, bias in ((self.potential_head, 0.1), (self.gamma, 0.1), (self.forcing_head, 0.05)):
+            nn.init.orthogonal_(head.weight, gain=0.1)
+            nn.init.uniform_(head.bias, 0.0, bias)
+        ones = torch.ones(d, d)
+        self.register_buffer("lower_mask", torch.tril(ones), persistent=False)        # L = tril(A)
+        self.register_buffer("upper_mask", torch.triu(ones, diagonal=1), persistent=False)   # U = triu(A, 1)
+
+    def _trunk(self, z: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """h(z) and the activation slopes f'(a_i) of every trunk layer."""
+        h, slopes = z, []
+        for layer, skip in zip(self.trunk, self.skip):
+            value, slope = activation_and_slope(self.activation, layer(h))
+            h = value + h if skip else value
+            slopes.append(slope)
+        return h, slopes
+
+    def _potential_terms(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, list[torch.Tensor]]:
+        h, slopes = self._trunk(z)
+        return h, self.potential_head(h) + self.gamma(z), slopes
+
+    def potential(self, z: torch.Tensor) -> torch.Tensor:
+        """V(z) = |P(z)|^2 + beta |z|^2."""
+        _, p, _ = self._potential_terms(z)
+        return (p * p).sum(-1) + BETA * (z * z).sum(-1)
+
+    def potential_gradient(self, z: torch.Tensor, h=None, p=None, slopes=None) -> torch.Tensor:
+        """grad V(z) by the explicit backward sweep (see the class docstring)."""
+        if h is None:
+            h, p, slopes = self._potential_terms(z)
+        two_p = 2.0 * p
+        delta = transposed(self.potential_head, two_p)
+        for layer, skip, slope in reversed(list(zip(self.trunk, self.skip, slopes))):
+            back = transposed(layer, slope * delta)
+            delta = back + delta if skip else back
+        return delta + transposed(self.gamma, two_p) + 2.0 * BETA * z
+
+    def operators(self, z: torch.Tensor, h=None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(M, W): symmetric PSD and antisymmetric d x d matrices per sample."""
+        h = self._trunk(z)[0] if h is None else h
+        a = self.matrix_head(h).reshape(*z.shape[:-1], self.d, self.d)
+        lower, upper = torch.tril(a), torch.triu(a, diagonal=1)
+        return lower @ lower.transpose(-1, -2), upper - upper.transpose(-1, -2)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        h, p, slopes = self._potential_terms(z)
+        grad_v = self.potential_gradient(z, h, p, slopes)
+        a = self.matrix_head(h).reshape(*z.shape[:-1], self.d, self.d)
+        lower, upper = a * self.lower_mask, a * self.upper_mask
+        # (M + W) g = L (L^T g) + U g - U^T g as broadcast products and sums: batched d x d matrix-vector
+        # products through bmm, and tril / triu copies, cost more than the trunk's matrix products here
+        row, col = grad_v.unsqueeze(-1), grad_v.unsqueeze(-2)
+        lt_g = (lower * row).sum(-2)
+        mw = (lower * lt_g.unsqueeze(-2)).sum(-1) + (upper * col).sum(-1) - (upper * row).sum(-2)
+        return -mw - ALPHA * grad_v + self.forcing_head(h)
+
+
 def _projector(g: torch.Tensor) -> torch.Tensor:
     """I - u u^T with u = g / |g| (the orthogonal projector onto the complement of g), per sample.
     (|g| is only kept away from 0; any larger floor would bias P g = 0 away from round-off.)"""
@@ -157,7 +280,8 @@ class GFINN(nn.Module):
         return (l_op @ grad_e.unsqueeze(-1) + m_op @ grad_s.unsqueeze(-1)).squeeze(-1)
 
 
-MODELS = {"mlp": MLPDynamics, "onsagernet": OnsagerNet, "onsagernet_ref": ReferenceOnsagerNet, "gfinn": GFINN}
+MODELS = {"mlp": MLPDynamics, "onsagernet": OnsagerNet, "onsagernet_ref": ReferenceOnsagerNet,
+          "onsagernet_shared": SharedOnsagerNet, "gfinn": GFINN}
 
 
 @dataclass(frozen=True)

@@ -224,7 +224,7 @@ def latent_runs(latent: cfg.Latent, attrs: dict, split, losses=None, seeds=None,
             continue
         stride = full_every if loss in ("lz", "lx") else 1
         runs.append(LatentRun(loss, size, seed, training_frames(loss, size, p_eff, split.kept("train", stride),
-                                                                latent.batch),
+                                                                latent.for_loss("batch", loss)),
                               seed % draws if loss == "lxp" else 0, stride))
     return runs
 
@@ -272,7 +272,8 @@ def train_latent(encoded: str, run_dir: Path, split: cfg.Split, latent: cfg.Late
             out.mkdir(parents=True, exist_ok=True)
             write_json_atomic({"inputs": record(run)}, out / "inputs.json")
         summaries.append(_train_one(dataset, encoded, out, sp, latent, train, backend, run, float(dataset.attrs["p_eff"]),
-                                    scaled_lr(latent.lr, backend.size, train.lr_scaling), resume, show_progress,
+                                    scaled_lr(latent.for_loss("lr", run.loss), backend.size, train.lr_scaling), resume,
+                                    show_progress,
                                     scorer))
     return summaries
 
@@ -297,13 +298,15 @@ def _train_one(dataset, encoded, out, sp, latent, train, backend, run: LatentRun
     common = dict(rank=backend.rank, size=backend.size, seed=run.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers,
                   draw=run.draw)
-    train_stream = BatchStream(encoded, names, frames, latent.batch, cuts=sp.cuts, stride=run.stride, **common)
-    config = FitConfig(epochs=latent.epochs, lr=lr, weight_decay=latent.weight_decay,
+    batch = latent.for_loss("batch", run.loss)
+    train_stream = BatchStream(encoded, names, frames, batch, cuts=sp.cuts, stride=run.stride, **common)
+    config = FitConfig(epochs=latent.for_loss("epochs", run.loss), lr=lr, weight_decay=latent.weight_decay,
                        patience=latent.patience_for(run.loss),
-                       factor=latent.factor, min_lr=latent.min_lr, checkpoint_minutes=train.checkpoint_minutes,
+                       factor=latent.factor, min_lr=latent.for_loss("min_lr", run.loss),
+                       checkpoint_minutes=train.checkpoint_minutes,
                        seed=run.seed, schedule_on=latent.schedule_on, select=PROTOCOL_SELECT[latent.select],
                        score_every=latent.select_every, snapshot_every=latent.snapshot_every)
-    val_stream = (BatchStream(encoded, names, sp.frames("validation"), latent.batch, training=False, cuts=sp.cuts,
+    val_stream = (BatchStream(encoded, names, sp.frames("validation"), batch, training=False, cuts=sp.cuts,
                               **common)
                   if config.needs_validation_loss else None)
     log.info("train-latent %s: %s on %d frames (draw %d), %d worker(s) [%s], schedule on %s, select %s", run.name,

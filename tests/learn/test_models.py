@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 
+from hpcsur.errors import InputError
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoencoder_loss, condition_number
 from hpcsur.learn.latent import (GFINN, MODELS, LatentDynamics, LatentShape, OnsagerNet, ReferenceOnsagerNet,
                                  input_gradient, rk4_rollout, stack_models)
@@ -300,3 +301,49 @@ def test_the_tangent_penalty_puts_the_decoders_tangent_space_into_the_encoders_r
             assert np.allclose(tangent_penalty(ae, ae.encode(x[:4]), j[:4]).detach().numpy(), ref, rtol=1e-6)
     assert out[1.0][0] < 0.03 * out[0.0][0] and out[0.0][0] > 0.1
     assert out[1.0][1] < 1.1 * out[0.0][1]
+
+
+@pytest.mark.parametrize("activation,hidden", [("relu2", (16, 16, 16)), ("tanh", (12, 16, 16)),
+                                               ("softplus", (8, 8))])
+def test_shared_onsagernet_explicit_sweep_equals_autograd(activation, hidden):
+    """onsagernet_shared: grad V by the explicit backward sweep equals autograd's gradient of V, g equals
+    -(M + W + alpha I) grad V + F built from the explicit matrices, and the parameters' gradients of a loss
+    through g (one backward) equal those of the autograd double backward -- all to round-off in float64.
+    M is symmetric PSD, W antisymmetric with a zero diagonal (U = triu(A, 1)), and the matrix head starts
+    at an orthogonal bias as the reference's."""
+    from hpcsur.learn.latent import ALPHA, SharedOnsagerNet
+
+    torch.manual_seed(5)
+    net = SharedOnsagerNet(5, list(hidden), activation).double()
+    assert net.skip == [i > 0 and ([5, *hidden][i] == [5, *hidden][i + 1]) for i in range(len(hidden))]
+    z = batch(5, 9, seed=5)
+    _, grad_auto = input_gradient(net.potential, z)
+    torch.testing.assert_close(net.potential_gradient(z), grad_auto, atol=1e-13, rtol=1e-12)
+    m_op, w_op = net.operators(z)
+    assert torch.allclose(m_op, m_op.transpose(-1, -2), atol=1e-14) and torch.linalg.eigvalsh(m_op).min() > -1e-12
+    assert torch.allclose(w_op, -w_op.transpose(-1, -2)) and w_op.diagonal(dim1=-2, dim2=-1).abs().max() == 0
+    forcing = net.forcing_head(net._trunk(z)[0])
+
+    def reference(zz):
+        _, grad_v = input_gradient(net.potential, zz)
+        m, w = net.operators(zz)
+        return -((m + w) @ grad_v.unsqueeze(-1)).squeeze(-1) - ALPHA * grad_v + net.forcing_head(net._trunk(zz)[0])
+    torch.testing.assert_close(net(z), reference(z), atol=1e-13, rtol=1e-12)
+    assert torch.allclose(net(z), -((m_op + w_op) @ grad_auto.unsqueeze(-1)).squeeze(-1) - ALPHA * grad_auto + forcing)
+    target = torch.randn(9, 5, dtype=torch.float64)
+    grads = []
+    for fn in (net, reference):
+        net.zero_grad()
+        ((fn(z) - target) ** 2).sum().backward()
+        grads.append([p.grad.clone() for p in net.parameters()])
+    for explicit, auto in zip(*grads):
+        torch.testing.assert_close(explicit, auto, atol=1e-12, rtol=1e-10)
+    bias = net.matrix_head.bias.detach().reshape(5, 5)
+    torch.testing.assert_close(bias @ bias.T, torch.eye(5, dtype=torch.float64), atol=1e-6, rtol=0)
+
+
+def test_shared_onsagernet_refuses_an_activation_without_a_closed_form_slope():
+    from hpcsur.learn.latent import SharedOnsagerNet
+
+    with pytest.raises(InputError, match="activation 'gelu' is not allowed for onsagernet_shared"):
+        SharedOnsagerNet(4, [8], "gelu")

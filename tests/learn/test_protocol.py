@@ -97,6 +97,9 @@ def test_bad_protocol_values_are_one_line():
     ("seeds = [1]", "[latent] equivalent_data = [60, 60]: give lz at least one size (an integer >= 1), each once"),
     ("seeds = [1]#table", "[latent] equivalent_data has key 'lx', which is not in losses"),
     ("seeds = [1]#missing", "[latent] equivalent_data = {'lz': 60}: give lxp at least one size"),
+    ("seeds = [1]#lr", "[latent] lr.lxp = None is not allowed; give a number > 0.0 for every loss"),
+    ("seeds = [1]#batch", "[latent] batch.lz = 0 is not allowed; give an integer >= 1 for every loss"),
+    ("seeds = [1]#shared", "[latent] activation = 'gelu' is not allowed with model = \"onsagernet_shared\""),
     ("hidden = [8]", "[latent] forcing = true is allowed only with model = \"onsagernet\""),
     ("draws = 2", "[labels] draws = 0 is out of range"),
     ("lambda_cond = 1e-6", "[autoencoder] recipe = 'paper' is not allowed"),
@@ -108,13 +111,20 @@ def test_bad_protocol_specs_are_one_line(pp_store, tmp_path, edit, message):
                    "seeds = [1]": "seeds = [1]\nequivalent_data = [60, 60]",
                    "seeds = [1]#table": "seeds = [1]\nequivalent_data = { lz = 60, lxp = 12, lx = 3 }",
                    "seeds = [1]#missing": "seeds = [1]\nequivalent_data = { lz = 60 }",
+                   "seeds = [1]#lr": "seeds = [1]\nequivalent_data = 60\nlr = { lz = 1e-3 }",
+                   "seeds = [1]#batch": "seeds = [1]\nequivalent_data = 60\nbatch_ = { lz = 0, lxp = 16 }",
+                   "seeds = [1]#shared": "seeds = [1]\nequivalent_data = 60\nmodel = \"onsagernet_shared\"\n"
+                                         "activation = \"gelu\"",
                    "hidden = [8]": "hidden = [8]\nmodel = \"onsagernet_ref\"\nforcing = true",
                    "draws = 2": "draws = 0",
                    "lambda_cond = 1e-6": "lambda_cond = 1e-6\nrecipe = \"paper\""}[edit]
     if edit.startswith("seeds = [1]"):
         text = text.replace("equivalent_data = 60\n", "")
     job = tmp_path / "bad.toml"
-    job.write_text(text.replace(edit.split("#")[0], replacement, 1))
+    text = text.replace(edit.split("#")[0], replacement, 1)
+    if edit.endswith("#batch"):
+        text = text.replace("batch = 16\n", "").replace("batch_ =", "batch =")
+    job.write_text(text)
     res = subprocess.run([HPCSUR, "validate", str(job)], capture_output=True, text=True, timeout=60)
     assert res.returncode == 2
     assert len(res.stderr.strip().splitlines()) == 1 and message in res.stderr, res.stderr

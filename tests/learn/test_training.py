@@ -315,15 +315,18 @@ def test_a_vanished_allen_cahn_torus_stops_train_ae_with_one_line(tmp_path):
 def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_path):
     """[split] observable_floor = 1e-4 (the reference's Allen-Cahn rule): each trajectory is used until its torus
     has vanished; encode stores NaN past the cut and records the cuts; training, validation and the scored points
-    use only the frames in use, so the whole pipeline runs where it would otherwise stop."""
+    use only the frames in use, so the whole pipeline runs where it would otherwise stop. With [labels]
+    full_every = 3 as the paper job, J f exists exactly on frames 0, 3, 6, ... in use of the training trajectories
+    and on the validation frames in use, and L_z (its own size, batch and rate per loss) trains on those."""
     from hpcsur.learn.data import observable_cuts
 
     spec = (AC_VANISHING.format(root=tmp_path)
             .replace("trajectories = 4", "trajectories = 6").replace("steps = 2000", "steps = 300")
-            .replace("save_every = 50", "save_every = 5").replace("full = false", "full = true")
+            .replace("save_every = 50", "save_every = 5").replace("full = false", "full = true\nfull_every = 3")
             .replace("test = 1\n", "test = 1\nobservable_floor = 1e-4\n")
-            + '[latent]\nhidden = [8]\nlosses = ["lz", "lxp"]\nequivalent_data = 8\nseeds = [1]\nepochs = 2\n'
-              'batch = 8\n[evaluate]\nsubsteps = 2\n')
+            + '[latent]\nmodel = "onsagernet_shared"\nhidden = [8, 8]\nactivation = "relu2"\nlosses = ["lz", "lxp"]\n'
+              'equivalent_data = { lz = 9, lxp = 8 }\nseeds = [1]\nepochs = { lz = 3, lxp = 2 }\n'
+              'batch = { lz = 4, lxp = 8 }\nlr = { lz = 5e-3, lxp = 1e-3 }\n[evaluate]\nsubsteps = 2\n')
     spec = spec.replace(f'dir = "{tmp_path}/run"', f'dir = "{tmp_path}/run"\nresults = "{tmp_path}/results"')
     job = tmp_path / "ac.toml"
     job.write_text(spec)
@@ -333,11 +336,19 @@ def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_pat
     phi = source.global_frames(0, source.n_frames, ["phi"])["phi"][:, 0].reshape(6, -1)
     cuts = observable_cuts(phi, 1e-4)
     assert encoded.attrs["kept_frames"] == list(cuts) and 0 < min(cuts) and max(cuts) < phi.shape[1]
+    frame = np.arange(phi.shape[1])
     for t, cut in enumerate(cuts):
-        z = encoded.frames(t, arrays=["z"])["z"]
-        assert np.all(np.isfinite(z[:cut])) and np.all(np.isnan(z[cut:]))
+        got = encoded.frames(t, arrays=["z", "jf"])
+        assert np.all(np.isfinite(got["z"][:cut])) and np.all(np.isnan(got["z"][cut:]))
+        labelled = (frame < cut) & ((frame % 3 == 0) if t < 4 else (t == 4))   # 4 training, 1 validation, 1 test
+        np.testing.assert_array_equal(np.isfinite(got["jf"]).all(-1), labelled, err_msg=f"trajectory {t}")
+    assert source.attrs["full_label_frames"] == 4 * 21 + 61 and encoded.attrs["full_every"] == 3
     results = json.loads((tmp_path / "results" / "ac.json").read_text())
     assert {r["loss"] for r in results["rows"]} == {"lz", "lxp"}
     assert all(np.isfinite(r["e_abs"]["mean"]) for r in results["rows"])
     lz = next(r for r in results["rows"] if r["loss"] == "lz")
+    assert lz["equivalent_data"] == 9 and lz["train_frames"] == 9
     assert lz["force_evaluations"]["validation_frames"] in (0, cuts[4])   # the validation trajectory's frames in use
+    curve = (tmp_path / "run" / "latent" / "lz-e9-s1" / "curve.csv").read_text().splitlines()
+    assert curve[0].startswith("epoch,train,val,") and len(curve) == 1 + 3     # epochs = { lz = 3 }
+    assert all(np.isfinite([float(v) for v in line.split(",")[1:3]]).all() for line in curve[1:])  # no NaN J f read
