@@ -45,7 +45,7 @@ from torch import nn
 from torch.func import jacfwd, jacrev, vmap
 
 from hpcsur.learn.losses import check_rank, leverage_scores
-from hpcsur.learn.nets import mlp
+from hpcsur.learn.nets import SLOPES, activation_and_slope, mlp
 from hpcsur.learn.observables import Observable
 
 
@@ -99,21 +99,72 @@ class ClosureAutoencoder(nn.Module):
         scaled = torch.cat([(z[..., :k] - self.obs_mean) / self.obs_std, z[..., k:]], dim=-1)
         return self.x_mean + self.x_std * self.decoder_net(scaled)
 
+    def observable_jacobian(self, x: torch.Tensor) -> torch.Tensor:
+        """d phi* / d x, shape (B, n_obs, N) (reverse mode, one pass per observable)."""
+        return vmap(jacrev(self.observable))(x)
+
+    def closure_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+        """(A, W) with d phi_hat / d x = A W per frame, by the chain rule through the encoder MLP
+        phi_hat = W_L f(... f(W_1 (x - mu) / sigma + b_1) ...) + b_L:
+
+            A = W_L D_(L-1) W_(L-1) ... W_2 D_1   (B, d - n_obs, h_1),   D_i = diag(f'(a_i)),
+            W = W_1 diag(1 / sigma)                (h_1, N), the same for every frame.
+
+        Everything per frame is h-dimensional; N enters only through W. None for an activation without a
+        closed-form slope (:data:`hpcsur.learn.nets.SLOPES`)."""
+        layers = [m for m in self.encoder_net if isinstance(m, nn.Linear)]
+        if self.shape.activation not in SLOPES or len(layers) < 2:
+            return None
+        h, slopes = (x - self.x_mean) / self.x_std, []
+        for layer in layers[:-1]:
+            h, slope = activation_and_slope(self.shape.activation, layer(h))
+            slopes.append(slope)
+        a = layers[-1].weight.expand(x.shape[0], -1, -1)
+        for layer, slope in zip(reversed(layers[1:-1]), reversed(slopes[1:])):
+            a = (a * slope.unsqueeze(-2)) @ layer.weight
+        return a * slopes[0].unsqueeze(-2), layers[0].weight / self.x_std
+
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
-        """J = d phi / d x for a batch, shape (B, d, N), in reverse mode: the observable's rows and
-        the closure rows separately (one backward pass per row through its own branch only, not
-        through both branches of the concatenation)."""
-        return torch.cat([vmap(jacrev(self.observable))(x), vmap(jacrev(self.closure))(x)], dim=-2)
+        """J = d phi / d x for a batch, shape (B, d, N): the observable's rows in reverse mode, the closure rows
+        as one matrix product A W (:meth:`closure_factors`; reverse mode per row where it does not apply)."""
+        factors = self.closure_factors(x)
+        closure = vmap(jacrev(self.closure))(x) if factors is None else factors[0] @ factors[1]
+        return torch.cat([self.observable_jacobian(x), closure], dim=-2)
+
+    def gram(self, x: torch.Tensor, rows: str = "all") -> torch.Tensor:
+        """J J^T (``rows = "closure"``: of the closure rows only), shape (B, d, d), without forming J:
+
+            closure block  A (W W^T) A^T        (W W^T is h_1 x h_1, once per batch)
+            cross block    A (W grad phi*^T)    observable block  grad phi* grad phi*^T
+
+        so the condition loss costs O(N h + d h^2) per frame instead of O(d N h)."""
+        factors = self.closure_factors(x)
+        if factors is None:
+            j = self.jacobian(x)
+            j = j[:, self.shape.n_obs:] if rows == "closure" else j
+            return j @ j.transpose(-1, -2)
+        a, w = factors
+        closure = a @ (w @ w.T) @ a.transpose(-1, -2)
+        if rows == "closure":
+            return closure
+        j_obs = self.observable_jacobian(x)
+        cross = a @ (w @ j_obs.transpose(-1, -2))                                  # (B, d - n_obs, n_obs)
+        top = torch.cat([j_obs @ j_obs.transpose(-1, -2), cross.transpose(-1, -2)], dim=-1)
+        return torch.cat([top, torch.cat([cross, closure], dim=-1)], dim=-2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
 
 
 def condition_number(j: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
-    """kappa(J J^T) = lambda_max / lambda_min per frame, from the eigenvalues of the d x d Gram matrix;
+    """kappa(J J^T) = lambda_max / lambda_min per frame (see :func:`gram_condition_number`)."""
+    return gram_condition_number(j @ j.transpose(-1, -2), eps)
+
+
+def gram_condition_number(gram: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:
+    """kappa = lambda_max / lambda_min per frame from the eigenvalues of the d x d Gram matrix J J^T;
     :class:`hpcsur.learn.losses.RankDeficientJacobian` for a frame where it is numerically singular (its
     (kappa - 1)^2 would make the loss infinite and the weights NaN)."""
-    gram = j @ j.transpose(-1, -2)
     check_rank(gram)
     lam = torch.linalg.eigvalsh(gram)
     return lam[..., -1] / lam[..., 0].clamp_min(eps)
@@ -142,12 +193,17 @@ def autoencoder_loss(model: ClosureAutoencoder, x: torch.Tensor, lambda_cond: fl
     z = model.encode(x)
     rec = (((x - model.decode(z)) / model.x_std) ** 2).mean()
     loss, parts = rec, {"rec": float(rec.detach())}
-    if lambda_cond > 0 or lambda_coherence > 0 or lambda_tangent > 0:
+    if lambda_coherence > 0 or lambda_tangent > 0:
         j = model.jacobian(x)
-        if lambda_cond > 0:
-            cond = ((condition_number(j[:, model.shape.n_obs:] if cond_rows == "closure" else j) - 1.0) ** 2).mean()
-            loss = loss + lambda_cond * cond
-            parts["cond"] = float(cond.detach())
+        gram = j[:, model.shape.n_obs:] if cond_rows == "closure" else j
+        gram = gram @ gram.transpose(-1, -2)
+    elif lambda_cond > 0:
+        gram = model.gram(x, cond_rows)        # J J^T without J: what L_cond alone needs
+    if lambda_cond > 0:
+        cond = ((gram_condition_number(gram) - 1.0) ** 2).mean()
+        loss = loss + lambda_cond * cond
+        parts["cond"] = float(cond.detach())
+    if lambda_coherence > 0 or lambda_tangent > 0:
         if lambda_coherence > 0:
             coh = coherence_penalty(j).mean()
             loss = loss + lambda_coherence * coh

@@ -41,7 +41,7 @@ import torch
 from torch import nn
 
 from hpcsur.errors import InputError
-from hpcsur.learn.nets import mlp
+from hpcsur.learn.nets import activation_and_slope, mlp
 
 ALPHA, BETA = 0.1, 0.1
 ALPHA_REF = 0.01
@@ -121,21 +121,6 @@ class ReferenceOnsagerNet(nn.Module):
         _, grad_e = input_gradient(self.potential, z)
         m, w = self.operators(z)
         return -((m + w) @ grad_e.unsqueeze(-1)).squeeze(-1) - ALPHA_REF * grad_e
-
-
-def activation_and_slope(name: str, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(f(a), f'(a)) of the activations with a closed-form slope."""
-    if name == "relu2":     # f = relu(a)^2 - relu(a - 1/2)^2, f' = 2 relu(a) - 2 relu(a - 1/2)
-        r, r_shift = torch.relu(a), torch.relu(a - 0.5)
-        return r * r - r_shift * r_shift, 2.0 * (r - r_shift)
-    if name == "tanh":
-        t = torch.tanh(a)
-        return t, 1.0 - t * t
-    if name == "softplus":
-        return torch.nn.functional.softplus(a), torch.sigmoid(a)
-    if name == "relu":
-        return torch.relu(a), (a > 0).to(a.dtype)
-    raise InputError(f"activation {name!r} is not allowed for onsagernet_shared; choose relu2, tanh, softplus or relu")
 
 
 def transposed(layer: nn.Module, delta: torch.Tensor) -> torch.Tensor:

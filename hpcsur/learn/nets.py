@@ -26,6 +26,26 @@ def activation(name: str) -> nn.Module:
         raise InputError(f"activation {name!r} is not allowed; choose one of: {', '.join(_ACTIVATIONS)}") from None
 
 
+#: The activations with a closed-form slope (:func:`activation_and_slope`).
+SLOPES = ("relu2", "tanh", "softplus", "relu")
+
+
+def activation_and_slope(name: str, a: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(a), f'(a)) of the activations with a closed-form slope (as torch's modules: softplus with beta 1 and
+    threshold 20, above which it is the identity)."""
+    if name == "relu2":     # f = relu(a)^2 - relu(a - 1/2)^2, f' = 2 relu(a) - 2 relu(a - 1/2)
+        r, r_shift = torch.relu(a), torch.relu(a - 0.5)
+        return r * r - r_shift * r_shift, 2.0 * (r - r_shift)
+    if name == "tanh":
+        t = torch.tanh(a)
+        return t, 1.0 - t * t
+    if name == "softplus":
+        return torch.nn.functional.softplus(a), torch.where(a > 20.0, torch.ones_like(a), torch.sigmoid(a))
+    if name == "relu":
+        return torch.relu(a), (a > 0).to(a.dtype)
+    raise InputError(f"activation {name!r} is not allowed for onsagernet_shared; choose one of: {', '.join(SLOPES)}")
+
+
 def mlp(widths: list[int], act: str, last_activation: bool = False, gain: float = 1.0,
         last_bias: bool = True, zero_bias: bool = True) -> nn.Sequential:
     """``widths[0] -> ... -> widths[-1]`` with ``act`` between layers (and after the last one if

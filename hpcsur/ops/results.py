@@ -6,11 +6,14 @@ spec's hash, the protocol that produced the numbers (epochs, seeds, what the sch
 which model is scored, latent model, autoencoder recipe, metric), and per (loss, equivalent data)
 row: training frames, the force-cost ledger (labelled coordinates x frames for training and for
 validation), both error measures (mean, sample std, per-seed values), the error-vs-epoch points
-of the saved snapshots, wall time per model, and the paper's number for the same row.
+of the saved snapshots, wall time per model, and the paper's number for the same row; the store's own
+ledger (every force evaluation generate made, partial and full, and its bytes on disk); and next to it
+``<job>.observables.png``, the observables of a few test trajectories over time, truth vs each loss.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from hpcsur.errors import InputError
@@ -54,6 +57,24 @@ def protocol(spec: JobSpec, report: dict) -> dict:
     }
 
 
+def store_ledger(path: str) -> dict | None:
+    """What generating the store computed and takes: force evaluations (labelled coordinates: the partial labels
+    of every frame and draw, the full labels of the frames that have them) and its bytes on disk."""
+    from hpcsur import store as zstore
+
+    if not zstore.exists(path):
+        return None
+    dataset = zstore.open_dataset(path)
+    attrs, schema = dataset.attrs, dataset.schema
+    frames = schema.n_frames
+    full_frames = int(attrs.get("full_label_frames", frames if schema.full_labels else 0))
+    partial = frames * schema.draws * schema.k * schema.m
+    return {"frames": frames, "partial_force_evaluations": partial, "full_label_frames": full_frames,
+            "full_force_evaluations": full_frames * schema.n_state, "force_evaluations": partial
+            + full_frames * schema.n_state, "precision": schema.precision,
+            "bytes_on_disk": int(zstore.info(path)["bytes_on_disk"])}
+
+
 def build_results(spec: JobSpec, report: dict) -> dict:
     """The results claim of a job from its evaluation report."""
     rows = []
@@ -62,14 +83,19 @@ def build_results(spec: JobSpec, report: dict) -> dict:
         rows.append({**row, "paper": paper.to_dict() if paper else None})
     return {"job": spec.name, "spec": spec.source, "spec_hash": spec.spec_hash(), "data_hash": spec.data_hash(),
             "code": stamp(), "system": spec.kind, "protocol": protocol(spec, report), "rows": rows,
-            "autoencoder": report.get("autoencoder"),
+            "autoencoder": report.get("autoencoder"), "store": store_ledger(spec.store.path),
             "paper_notes": paper_notes(spec.kind), "report": str(Path(spec.run_dir) / "report.json")}
 
 
 def write_results(spec: JobSpec, report: dict) -> Path:
     path = Path(spec.output.results) / f"{spec.name}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    write_report(path, build_results(spec, report))
+    results = build_results(spec, report)
+    plot = Path(report.get("plots", {}).get("observables", ""))
+    if plot.is_file():
+        shutil.copyfile(plot, path.with_suffix(".observables.png"))
+        results["plots"] = {"observables": path.with_suffix(".observables.png").name}
+    write_report(path, results)
     return path
 
 

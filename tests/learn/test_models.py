@@ -226,6 +226,40 @@ def test_autoencoder_jacobian_matches_finite_differences():
     assert torch.allclose(j[:, 0, :5], torch.full((2, 5), 0.2))   # d mean(u)/du_i = 1/n
 
 
+@pytest.mark.parametrize("activation,hidden", [("softplus", (8, 6)), ("tanh", (7,)), ("gelu", (8, 6))])
+def test_encoder_gram_without_j_equals_j_j_transpose(activation, hidden):
+    """The chain-rule factors J_closure = A W give the Jacobian of reverse mode, and gram() gives J J^T (all rows
+    and the closure rows) without forming J; the condition loss and its parameter gradients are those of the
+    explicit J, with normalised inputs (gelu: no closed-form slope here, the reverse-mode path)."""
+    from torch.func import jacrev, vmap
+
+    torch.manual_seed(7)
+    model = ClosureAutoencoder(AutoencoderShape(10, 2, 5, hidden, activation), observable_from_attrs(
+        {"system": "predator_prey", "params": {"n": 5}, "layout": {}}))
+    model.set_normalisation(torch.rand(10), torch.rand(10) + 0.5, torch.zeros(2), torch.ones(2))
+    x = batch(10, 6, seed=7)
+    j = torch.cat([vmap(jacrev(model.observable))(x), vmap(jacrev(model.closure))(x)], dim=-2)
+    torch.testing.assert_close(model.jacobian(x), j, atol=1e-13, rtol=1e-12)
+    torch.testing.assert_close(model.gram(x), j @ j.transpose(-1, -2), atol=1e-13, rtol=1e-12)
+    closure = j[:, 2:]
+    torch.testing.assert_close(model.gram(x, "closure"), closure @ closure.transpose(-1, -2), atol=1e-13, rtol=1e-12)
+    for rows in ("all", "closure"):
+        grads = []
+        for fast in (True, False):
+            model.zero_grad()
+            if fast:
+                loss, _ = autoencoder_loss(model, x, 1e-2, rows)
+            else:
+                jj = torch.cat([vmap(jacrev(model.observable))(x), vmap(jacrev(model.closure))(x)], dim=-2)
+                jj = jj[:, 2:] if rows == "closure" else jj
+                z = model.encode(x)
+                loss = (((x - model.decode(z)) / model.x_std) ** 2).mean() + 1e-2 * ((condition_number(jj) - 1) ** 2).mean()
+            loss.backward()
+            grads.append([p.grad.clone() for p in model.parameters()])
+        for a, b in zip(*grads):
+            torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-9)
+
+
 def test_torch_observables_match_the_systems():
     from hpcsur.systems.allen_cahn import AllenCahn, AllenCahnParams
     from hpcsur.systems.lennard_jones import LennardJones, fcc_lattice, maxwell_boltzmann

@@ -349,6 +349,11 @@ def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_pat
     lz = next(r for r in results["rows"] if r["loss"] == "lz")
     assert lz["equivalent_data"] == 9 and lz["train_frames"] == 9
     assert lz["force_evaluations"]["validation_frames"] in (0, cuts[4])   # the validation trajectory's frames in use
+    ledger = results["store"]     # what generate computed: partial labels everywhere, full ones on the budget
+    k = source.schema.k
+    assert ledger["full_label_frames"] == 4 * 21 + 61 and ledger["partial_force_evaluations"] == 6 * 61 * k
+    assert ledger["force_evaluations"] == 6 * 61 * k + (4 * 21 + 61) * 256 and ledger["bytes_on_disk"] > 0
+    assert (tmp_path / "results" / results["plots"]["observables"]).stat().st_size > 10_000
     curve = (tmp_path / "run" / "latent" / "lz-e9-s1" / "curve.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,train,val,") and len(curve) == 1 + 3     # epochs = { lz = 3 }
     assert all(np.isfinite([float(v) for v in line.split(",")[1:3]]).all() for line in curve[1:])  # no NaN J f read
