@@ -20,6 +20,8 @@ COMMANDS = {
     "encode": ("encode", "encode every frame with the frozen autoencoder (use under mpiexec)"),
     "train-latent": ("train_latent", "train latent ODE models with L_z / L_x / L_x,p (data-parallel)"),
     "evaluate": ("evaluate", "latent RK4 rollouts vs ground truth: report.json, plots and results/<job>.json"),
+    "export": ("export", "one trained model as one file: encoder, decoder, latent model and what they need"),
+    "predict": ("predict", "roll an exported surrogate out from microscopic states (.npy/.npz or STORE:TRAJ)"),
     "diagnose": ("diagnose", "encoder diagnostics: conditioning, leverage coherence, label noise of the partial labels"),
     "results": ("results", "the table of results files (results/*.json); --readme regenerates the README's"),
     "run": ("run", "the whole chain generate -> train-ae -> encode -> train-latent -> evaluate, resuming"),

@@ -122,6 +122,27 @@ def _pipeline_demo(job: Path, fresh: bool) -> dict:
             "seconds": elapsed}
 
 
+def _surrogate_demo(job: Path, pipe: dict) -> dict:
+    """``hpcsur export`` the trained L_x,p model, then ``hpcsur predict`` the first test trajectory from its initial
+    state with nothing but the export file (the same observables as the evaluation's rollout)."""
+    from hpcsur.ops.jobspec import load_job
+
+    spec = load_job(job)
+    export = Path(pipe["run_dir"]) / "export" / f"{spec.name}.hpcsur"
+    bindir = Path(sys.executable).parent
+    first_test = spec.simulation.trajectories - spec.split.test
+    t_end = spec.simulation.steps * spec.simulation.dt
+    prediction = export.with_name("prediction.npz")
+    print(f"\n[5] hpcsur export {job.name} --output {export}\n    hpcsur predict ... --initial "
+          f"{spec.store.path}:{first_test} --time {t_end:g}")
+    for cmd in ([str(bindir / "hpcsur"), "export", str(job), "--output", str(export)],
+                [str(bindir / "hpcsur"), "predict", str(export), "--initial", f"{spec.store.path}:{first_test}",
+                 "--time", f"{t_end:g}", "--output", str(prediction), "--plot", str(export.with_name("prediction.png"))]):
+        if subprocess.call(cmd) != 0:
+            raise SystemExit(f"demo: {' '.join(cmd[1:3])} failed")
+    return {"export": str(export), "prediction": str(prediction), "plot": str(export.with_name("prediction.png"))}
+
+
 def run_demo(job: str = "jobs/predator_prey.toml", fresh: bool = False) -> int:
     job_path = Path(job)
     if not job_path.is_absolute() and not job_path.exists():
@@ -132,7 +153,9 @@ def run_demo(job: str = "jobs/predator_prey.toml", fresh: bool = False) -> int:
     ac = _allen_cahn_demo()
     partial = _partial_demo(lj.pop("system"), lj.pop("state"))
     pipe = _pipeline_demo(job_path, fresh)
+    surrogate = _surrogate_demo(job_path, pipe)
     summary = {"lj_nve": lj, "allen_cahn_relaxation": ac, "partial_forces": partial, "pipeline": pipe,
+               "surrogate": surrogate,
                "seconds": time.perf_counter() - t0}
     path = Path(pipe["run_dir"]) / "demo.json"
     path.write_text(json.dumps(summary, indent=1, default=str))
@@ -140,6 +163,9 @@ def run_demo(job: str = "jobs/predator_prey.toml", fresh: bool = False) -> int:
     for name, png in pipe["plots"].items():
         print(f"plot:   {png}  ({name})")
     print(f"store:  {pipe['store']}  (inspect: .venv/bin/hpcsur store info {pipe['store']})")
+    print(f"model:  {surrogate['export']}  (use: .venv/bin/hpcsur predict {surrogate['export']} --initial ... "
+          "or hpcsur.Surrogate.load)")
+    print(f"prediction: {surrogate['prediction']}, plot {surrogate['plot']}")
     print(f"demo finished in {summary['seconds']:.0f} s")
     ok = ac["non_increasing"] and pipe["verify_ok"] and partial["max_abs_difference"] < 1e-12
     return 0 if ok else 1

@@ -27,7 +27,8 @@ class PaperValue:
 
 
 #: Where our model names map to the paper's model families.
-FAMILY = {"onsagernet": "onsagernet", "onsagernet_ref": "onsagernet", "onsagernet_shared": "onsagernet", "mlp": "mlp", "gfinn": "gfinn"}
+FAMILY = {"onsagernet": "onsagernet", "onsagernet_ref": "onsagernet", "onsagernet_shared": "onsagernet",
+          "mlp": "mlp", "gfinn": "gfinn"}
 
 
 def paper_value(system: str, loss: str, p: float, equivalent_data: int, model: str) -> Optional[PaperValue]:

@@ -140,10 +140,11 @@ def markdown_table(results: list[dict], folder: str = "results") -> str:
         ri = ae.get("right_inverse", "pinv")
         scaling = f" ({SCALING_WORDS.get(ae['normalise'], ae['normalise'])})" \
             if ae["recipe"] == "hpcsur" and ae.get("normalise") else ""
-        proto = (f"{pr['latent_model']}, AE {ae['recipe']}{scaling}"
-                 f"{', right inverse ' + ri if ri != 'pinv' else ''}, {pr['epochs']} ep, "
-                 f"{len(pr['seeds'])} seeds, LR on {pr['schedule_on']}, select {pr['select']}")
         for row in res["rows"]:
+            epochs = pr["epochs"][row["loss"]] if isinstance(pr["epochs"], dict) else pr["epochs"]
+            proto = (f"{pr['latent_model']}, AE {ae['recipe']}{scaling}"
+                     f"{', right inverse ' + ri if ri != 'pinv' else ''}, {epochs} ep, "
+                     f"{len(pr['seeds'])} seeds, LR on {pr['schedule_on']}, select {pr['select']}")
             fe = row["force_evaluations"]
             paper = row.get("paper")
             lines.append(
