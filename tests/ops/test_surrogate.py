@@ -11,44 +11,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from test_pipeline import JOB as PIPELINE_JOB
+
 HPCSUR = str(Path(sys.executable).parent / "hpcsur")
 
-JOB = """
-[system]
-kind = "predator_prey"
-n = 20
-[simulation]
-trajectories = 11
-dt = 0.01
-steps = 290
-save_every = 10
-seed = 11
-[labels]
-p = 0.25
-full = true
-[store]
-path = "{root}/store"
-[output]
-dir = "{root}/run"
-results = "{root}/results"
-[split]
-validation = 1
-test = 2
-[autoencoder]
-latent_dim = 4
-hidden = [16]
-epochs = 2
-batch = 32
-[latent]
-hidden = [8]
-losses = ["lz", "lxp"]
-equivalent_data = 60
-seeds = [1, 2]
-epochs = 3
-batch = 16
-[evaluate]
-substeps = 3
-"""
+JOB = PIPELINE_JOB.replace("[evaluate]\nsubsteps = 2", "[evaluate]\nsubsteps = 3")   # 14 trajectories: 12, 13 test
 
 
 def cli(*args, cwd=None, timeout=300):
@@ -89,12 +56,12 @@ def test_predict_from_another_folder_equals_the_evaluate_rollout(trained, tmp_pa
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = elsewhere / "pred.npz"
-    res = cli("predict", export, "--initial", f"{root / 'store'}:9", "--time", "2.9", "--output", out,
+    res = cli("predict", export, "--initial", f"{root / 'store'}:12", "--time", "2.9", "--output", out,
               "--plot", "pred.png", cwd=elsewhere)
     assert res.returncode == 0, res.stderr
     assert "u_mean @ t=0" in res.stdout and (elsewhere / "pred.png").read_bytes()[:4] == b"\x89PNG"
     got = np.load(out)
-    t, z_true = trajectory_paths(str(root / "run" / "encoded"), [9])
+    t, z_true = trajectory_paths(str(root / "run" / "encoded"), [12])
     np.testing.assert_allclose(got["t"], t, rtol=0, atol=1e-12)
     spec = load_job(job)
     encoded = zstore.open_dataset(root / "run" / "encoded")
@@ -118,7 +85,7 @@ def test_batched_predict_equals_one_state_at_a_time_and_the_api_agrees(trained, 
 
     root, _, export = trained
     source = zstore.open_dataset(root / "store")
-    x = np.stack([source.frames(t, 0, 1, ["x"])["x"][0] for t in (9, 10, 3)])
+    x = np.stack([source.frames(t, 0, 1, ["x"])["x"][0] for t in (12, 13, 3)])
     np.save(tmp_path / "three.npy", x)
     res = cli("predict", export, "--initial", tmp_path / "three.npy", "--time", "1.0", "--output",
               tmp_path / "three.zarr", "--decode")
@@ -133,8 +100,8 @@ def test_batched_predict_equals_one_state_at_a_time_and_the_api_agrees(trained, 
         np.testing.assert_allclose(np.asarray(batched["z"][:])[:, b], alone, rtol=0, atol=1e-12)
     assert batched["x"].shape == (len(times), 3, 40)
     encoded = zstore.open_dataset(root / "run" / "encoded")
-    z_stored = encoded.frames(9, 0, 3, ["z"])["z"]
-    np.testing.assert_allclose(s.encode(source.frames(9, 0, 3, ["x"])["x"]), z_stored, rtol=0, atol=1e-10)
+    z_stored = encoded.frames(12, 0, 3, ["z"])["z"]
+    np.testing.assert_allclose(s.encode(source.frames(12, 0, 3, ["x"])["x"]), z_stored, rtol=0, atol=1e-10)
     assert s.observables(z_stored).shape == (3, 2) and s.decode(z_stored).shape == (3, 40)
 
 
@@ -184,7 +151,7 @@ def test_bad_predict_input_is_one_line(trained, tmp_path, case):
             dst.writestr("manifest.json", json.dumps({**manifest, "version": 99}))
             dst.writestr("arrays.npz", src.read("arrays.npz"))
     if case == "store_range":
-        initial = f"{root / 'store'}:11"
+        initial = f"{root / 'store'}:14"
     if case == "time":
         time = "-1"
     line = one_error_line(cli("predict", target, "--initial", initial, "--time", time))
@@ -192,7 +159,7 @@ def test_bad_predict_input_is_one_line(trained, tmp_path, case):
                 "nan": "state 0 has a non-finite value at coordinate 17",
                 "not_export": "not an hpcsur export",
                 "newer": "export format version 99 is newer than this hpcsur reads (1)",
-                "store_range": "trajectory 11 is out of range; allowed: 0 <= TRAJ < 11",
+                "store_range": "trajectory 14 is out of range; allowed: 0 <= TRAJ < 14",
                 "time": "--time -1.0 is not allowed"}[case]
     assert expected in line and line.startswith("hpcsur predict: error: ")
 
@@ -206,3 +173,5 @@ def test_export_of_an_untrained_model_is_one_line(trained, tmp_path):
     assert "no encoded store" in line and not (tmp_path / "x.hpcsur").exists()
     line = one_error_line(cli("export", job, "--seed", "7", "--output", tmp_path / "x.hpcsur"))
     assert "--seed 7: not in [latent] seeds = [1, 2]" in line
+    line = one_error_line(cli("export", job, "--size", "61", "--output", tmp_path / "x.hpcsur"))
+    assert "--size 61: not an equivalent_data size of lxp ([60])" in line
