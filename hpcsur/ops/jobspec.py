@@ -415,7 +415,8 @@ class JobSpec:
 DATA_SECTIONS = ("system", "simulation", "initial", "labels")
 #: Spec fields added after stores and run folders existed, with the default that reproduces what those hold: at
 #: that default they are left out of the data hash and the stage provenance, so older stores and runs stay current.
-LATE_DEFAULTS = {"labels.precision": "float64", "split.observable_floor": None, "labels.full_every": None}
+LATE_DEFAULTS = {"labels.precision": "float64", "split.observable_floor": None, "labels.full_every": None,
+                 "system.velocity_seed": None}
 
 
 def without_late_defaults(flat: dict[str, Any]) -> dict[str, Any]:

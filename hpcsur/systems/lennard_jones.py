@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import numpy as np
 
@@ -543,6 +543,10 @@ class LennardJonesSystem:
     mass: float = field(1.0, gt=0.0)
     shift: bool = field(False)
     placement_seed: int = field(34141, ge=0, doc="seed of the random placement (the paper reuses one)")
+    velocity_seed: Optional[int] = field(None, ge=0, doc="one Gaussian velocity draw shared by every trajectory, "
+                                                         "rescaled to each one's temperature (the reference's "
+                                                         "`velocity create T 87878`: its data are a one-parameter "
+                                                         "family in T); unset: each trajectory draws its own")
 
     @property
     def side(self) -> float:
@@ -584,7 +588,11 @@ def starting_positions(table: LennardJonesSystem) -> np.ndarray:
 
 
 def _initial_state(system: LennardJones, table: LennardJonesSystem, values, rng) -> np.ndarray:
-    """The shared positions with Maxwell-Boltzmann velocities at the drawn temperature."""
+    """The shared positions with Maxwell-Boltzmann velocities at the drawn temperature: from the trajectory's own
+    stream ``rng``, or with ``velocity_seed`` the same draw for every trajectory, so that trajectories differ only
+    in the scale sqrt(T) of their velocities."""
+    if table.velocity_seed is not None:
+        rng = np.random.Generator(np.random.Philox(key=table.velocity_seed))
     velocities = maxwell_boltzmann(table.n_atoms, values["temperature"], table.mass, rng)
     return system.join(starting_positions(table), velocities)
 

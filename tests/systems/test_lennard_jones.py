@@ -412,3 +412,46 @@ def test_fcc_lattice_and_relax():
         lj.forces(start)
     relaxed = relax(start, lj)
     assert lj.potential_energy(relaxed) < 0  # overlaps gone; forces() accepts it
+
+
+def test_a_shared_velocity_seed_makes_trajectories_differ_only_in_temperature(tmp_path):
+    """[system] velocity_seed (the reference's fixed `velocity create T 87878`): every trajectory starts from the same
+    positions and the same velocity directions, v_b = sqrt(T_b / T_a) v_a, each at exactly its drawn temperature;
+    without it each trajectory draws its own directions."""
+    from hpcsur.ops.jobspec import load_job
+    from hpcsur.ops.systems import build_system, initial_state
+
+    text = """
+[system]
+kind = "lennard_jones"
+lattice = "random"
+n_atoms = 200
+density = 0.8
+{extra}
+[simulation]
+trajectories = 3
+dt = 0.001
+steps = 10
+seed = 4
+[initial]
+temperature = {{ uniform = [0.5, 1.5] }}
+[labels]
+p = 0.25
+[store]
+path = "store"
+"""
+    states = {}
+    for name, extra in (("shared", "velocity_seed = 87878"), ("own", "")):
+        job = tmp_path / f"{name}.toml"
+        job.write_text(text.format(extra=extra))
+        spec = load_job(job)
+        system = build_system(spec)
+        states[name] = [system.split(initial_state(spec, system, t)) for t in range(3)]
+    (pa, va), (pb, vb) = states["shared"][0], states["shared"][2]
+    np.testing.assert_array_equal(pa, pb)
+    ta, tb = (float((v * v).sum() / (3 * (200 - 1))) for v in (va, vb))
+    assert abs(ta - tb) > 0.01                                     # two different drawn temperatures
+    np.testing.assert_allclose(vb, va * np.sqrt(tb / ta), rtol=1e-12, atol=1e-14)
+    (_, oa), (_, ob) = states["own"][0], states["own"][2]
+    cos = float((oa * ob).sum() / np.sqrt((oa * oa).sum() * (ob * ob).sum()))
+    assert abs(cos) < 0.5                                          # independent directions
