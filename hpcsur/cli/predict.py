@@ -40,7 +40,7 @@ def run(args):
     if args.output is None and args.decode:
         raise InputError("--decode needs --output (where to write the states)")
     s = Surrogate.load(args.export, device=args.device)
-    states, labels = read_states(args.initial, s.n_state)
+    states, labels = read_states(args.initial)
     every = s.frame_dt if args.every is None else args.every
     if not (np.isfinite(every) and every > 0):
         raise InputError(f"--every {args.every!r} is not allowed; give a time > 0")

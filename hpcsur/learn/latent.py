@@ -350,17 +350,22 @@ def stack_models(models: list[nn.Module]) -> nn.Module:
     return stacked
 
 
+def rk4_step(g, z: torch.Tensor, dt: float) -> torch.Tensor:
+    """One classical RK4 step of dz/dt = g(z)."""
+    k1 = g(z)
+    k2 = g(z + 0.5 * dt * k1)
+    k3 = g(z + 0.5 * dt * k2)
+    k4 = g(z + dt * k3)
+    return z + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+
+
 def rk4_rollout(g, z0: torch.Tensor, dt: float, steps: int, every: int = 1) -> torch.Tensor:
     """Classical RK4 for dz/dt = g(z) from z0 (batch, d); returns every ``every``-th state,
     shape (steps // every + 1, batch, d), starting with z0. No graph is kept between steps."""
     out = [z0.detach()]
     z = z0.detach()
     for n in range(1, steps + 1):
-        k1 = g(z)
-        k2 = g(z + 0.5 * dt * k1)
-        k3 = g(z + 0.5 * dt * k2)
-        k4 = g(z + dt * k3)
-        z = (z + dt / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)).detach()
+        z = rk4_step(g, z, dt).detach()
         if n % every == 0:
             out.append(z)
     return torch.stack(out)

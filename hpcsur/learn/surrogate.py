@@ -31,7 +31,7 @@ import torch
 
 from hpcsur.errors import InputError
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder
-from hpcsur.learn.latent import LatentDynamics, LatentShape
+from hpcsur.learn.latent import LatentDynamics, LatentShape, rk4_step
 from hpcsur.learn.observables import observable_from_attrs
 
 FORMAT = "hpcsur-surrogate"
@@ -48,11 +48,7 @@ def rk4_path(g, z0: torch.Tensor, times: np.ndarray, dt: float) -> torch.Tensor:
         n = max(1, int(np.ceil((b - a) / dt - 1e-9)))
         h = (b - a) / n
         for _ in range(n):
-            k1 = g(z)
-            k2 = g(z + 0.5 * h * k1)
-            k3 = g(z + 0.5 * h * k2)
-            k4 = g(z + h * k3)
-            z = z + h / 6.0 * (k1 + 2.0 * k2 + 2.0 * k3 + k4)
+            z = rk4_step(g, z, h)
         out.append(z)
     return torch.stack(out)
 

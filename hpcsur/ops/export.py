@@ -86,7 +86,7 @@ def export_surrogate(spec: JobSpec, output: str | Path, loss: str | None = None,
 
 
 # ----------------------------------------------------------------------------- predict
-def read_states(text: str, n_state: int) -> tuple[np.ndarray, list[str]]:
+def read_states(text: str) -> tuple[np.ndarray, list[str]]:
     """Initial states from ``text``: an ``.npy`` / ``.npz`` file (one state (N,) or many (B, N); an npz's array
     ``x`` or its only array), or ``STORE:TRAJ[:FRAME]`` (frame 0 by default) of a trajectory store. Returns
     (states (B, N), a label per state)."""
