@@ -8,9 +8,15 @@ For each paper job (``jobs/predator_prey_paper.toml``, ``jobs/allen_cahn.toml``,
   ``dt``) by the generate stage's own domain (``make_domain`` on one rank: the same kernels and integrator,
   without labels or storage);
 * **surrogate**: encode the initial state(s), then the latent RK4 rollout over the same time, for a batch of 1 and of
-  ``--batch`` initial states (one batched rollout), at the evaluation's step (frame interval / ``[evaluate]
-  substeps``, what the results are scored with) and at the frame interval (``substeps = 1``; its accuracy is not
-  checked here, only its cost).
+  ``--batch`` initial states (one batched rollout), at these steps: ``evaluation_dt`` (frame interval / ``[evaluate]
+  substeps``, float64: what the results are scored with), ``frame_dt`` (one step per frame) in float64 and in
+  float32 (with its deviation from float64), and, for trained weights only, ``coarsest_step`` (the largest 2^k x the
+  evaluation's step within ``--rtol`` of the evaluation-step rollout of the initial state,
+  :meth:`Surrogate.coarsest_step`), in float64 and float32. Each row carries its deviation from the evaluation-step
+  float64 rollout of the initial state (random weights have no accuracy to keep: read those as cost only).
+
+``lennard_jones_51200`` (``--systems``) adds the paper's largest system: its microscopic step costs 64x LJ-800's
+while the surrogate's latent cost does not grow with N.
 
 The surrogate has the spec's architecture (autoencoder and latent model) with the weights of an export when one is
 given (``--export allen_cahn=ac.hpcsur``), else freshly initialised ones: a fixed-step rollout costs the same
@@ -30,7 +36,8 @@ from hpcsur.measure import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"predator_prey": "jobs/predator_prey_paper.toml", "allen_cahn": "jobs/allen_cahn.toml",
-        "lennard_jones": "jobs/lj_800.toml"}
+        "lennard_jones": "jobs/lj_800.toml", "lennard_jones_51200": "jobs/lj_51200.toml"}
+DEFAULT_SYSTEMS = ["predator_prey", "allen_cahn", "lennard_jones"]
 
 
 def microscopic_seconds(spec, system, repeats: int) -> tuple[float, np.ndarray]:
@@ -42,6 +49,8 @@ def microscopic_seconds(spec, system, repeats: int) -> tuple[float, np.ndarray]:
 
     x0 = initial_state(spec, system, 0)
     domain = make_domain(spec, system, MPI.COMM_SELF, choose_grid(spec, 1))
+    domain.load(x0)
+    domain.advance(2)                                        # compiles the kernels (numba) outside the timing
     best = float("inf")
     for _ in range(repeats):
         domain.load(x0)
@@ -51,8 +60,8 @@ def microscopic_seconds(spec, system, repeats: int) -> tuple[float, np.ndarray]:
     return best, np.asarray(x0, dtype=np.float64)
 
 
-def surrogate_for(spec, system, export: str | None):
-    """The spec's surrogate: an export's, or the architecture with fresh weights."""
+def surrogate_for(spec, system, export: str | None, precision: str = "float64"):
+    """The spec's surrogate: an export's, or the architecture with fresh weights (seeded)."""
     from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder
     from hpcsur.learn.latent import LatentDynamics, LatentShape
     from hpcsur.learn.observables import observable_from_attrs
@@ -60,7 +69,8 @@ def surrogate_for(spec, system, export: str | None):
     from hpcsur.systems import registry
 
     if export:
-        return Surrogate.load(export)
+        return Surrogate.load(export, precision=precision)
+    torch.manual_seed(0)
     layout = system.layout
     m, n = layout.block_size, layout.n_blocks
     kind = registry.get(spec.kind)
@@ -73,15 +83,20 @@ def surrogate_for(spec, system, export: str | None):
     frame_dt = spec.simulation.dt * spec.simulation.save_every
     manifest = {"system": spec.kind, "observables": [], "frame_dt": frame_dt, "substeps": spec.evaluate.substeps,
                 "autoencoder": {"n_state": m * n}, "latent": {"latent_dim": ae.latent_dim}}
-    return Surrogate(autoencoder, latent, manifest)
+    return Surrogate(autoencoder, latent, manifest, precision=precision)
+
+
+def step_times(horizon: float, dt: float) -> np.ndarray:
+    """Output at every step of dt over [0, horizon] (the last step may end a little short of it)."""
+    return dt * np.arange(int(np.floor(horizon / dt + 1e-9)) + 1)
 
 
 def surrogate_seconds(s, x0: np.ndarray, horizon: float, dt: float, batch: int, repeats: int) -> float:
     """Best wall time of encode + rollout of ``batch`` initial states over ``horizon`` (outputs at each step)."""
     rng = np.random.default_rng(0)
     states = x0 + 1e-6 * rng.standard_normal((batch, x0.size)) * (np.abs(x0).max() or 1.0)
-    steps = int(round(horizon / dt))
-    times = dt * np.arange(steps + 1)
+    times = step_times(horizon, dt)
+    s.rollout(states, times[:3], dt)                          # warm-up outside the timing
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
@@ -90,13 +105,25 @@ def surrogate_seconds(s, x0: np.ndarray, horizon: float, dt: float, batch: int, 
     return best
 
 
+def timed(s, x0, horizon: float, dt: float, micro: float, batch: int, repeats: int) -> dict:
+    """Surrogate seconds at batch 1 and ``batch`` and the speedups per trajectory over ``micro``."""
+    one = surrogate_seconds(s, x0, horizon, dt, 1, repeats)
+    many = surrogate_seconds(s, x0, horizon, dt, batch, repeats)
+    return {"dt": dt, "rk4_steps": len(step_times(horizon, dt)) - 1, "precision": s.precision,
+            "surrogate_s_batch1": one, f"surrogate_s_batch{batch}": many, "speedup_batch1": micro / one,
+            f"speedup_per_trajectory_batch{batch}": micro / (many / batch)}
+
+
 def main(argv=None) -> dict:
+    from hpcsur.learn.surrogate import relative_deviation
     from hpcsur.ops.jobspec import load_job
+    from hpcsur.ops.systems import build_system
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--systems", nargs="+", default=list(JOBS), choices=list(JOBS))
-    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--systems", nargs="+", default=DEFAULT_SYSTEMS, choices=list(JOBS))
+    ap.add_argument("--batch", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
+    ap.add_argument("--rtol", type=float, default=1e-4, help="coarsest_step: deviation allowed (default 1e-4)")
     ap.add_argument("--export", action="append", default=[], help="kind=FILE: time this export instead")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
@@ -106,21 +133,31 @@ def main(argv=None) -> dict:
         spec = load_job(ROOT / JOBS[kind])
         sim = spec.simulation
         horizon = sim.steps * sim.dt
-        from hpcsur.ops.systems import build_system
-
         system = build_system(spec)
         micro, x0 = microscopic_seconds(spec, system, args.repeats)
-        s = surrogate_for(spec, system, exports.get(kind))
-        frame_dt = sim.dt * sim.save_every
-        row = {"job": JOBS[kind], "horizon": horizon, "microscopic_steps": sim.steps, "microscopic_s": micro,
-               "n_state": int(x0.size), "latent_dim": s.latent_dim, "trained_weights": kind in exports}
-        for label, dt in (("evaluation_dt", frame_dt / spec.evaluate.substeps), ("frame_dt", frame_dt)):
-            one = surrogate_seconds(s, x0, horizon, dt, 1, args.repeats)
-            many = surrogate_seconds(s, x0, horizon, dt, args.batch, args.repeats)
-            row[label] = {"dt": dt, "rk4_steps": int(round(horizon / dt)), "surrogate_s_batch1": one,
-                          f"surrogate_s_batch{args.batch}": many, "speedup_batch1": micro / one,
-                          f"speedup_per_trajectory_batch{args.batch}": micro / (many / args.batch)}
+        surrogates = {p: surrogate_for(spec, system, exports.get(kind), p) for p in ("float64", "float32")}
+        s = surrogates["float64"]
+        reference_times = step_times(horizon, s.dt)
+        reference = s.rollout(x0, reference_times)
+        steps = {"evaluation_dt": (s.dt, ["float64"]), "frame_dt": (sim.dt * sim.save_every, ["float64", "float32"])}
+        row = {"job": JOBS[kind], "export": exports.get(kind), "trained_weights": kind in exports,
+               "horizon": horizon, "microscopic_steps": sim.steps, "microscopic_s": micro,
+               "n_state": int(x0.size), "latent_dim": s.latent_dim}
+        if kind in exports:
+            dt, _ = s.coarsest_step(x0, horizon, args.rtol)
+            steps["coarsest_step"] = (dt, ["float64", "float32"])
+            row["rtol"] = args.rtol
+        for label, (dt, precisions) in steps.items():
+            stride = int(round(dt / s.dt))
+            for precision in precisions:
+                z = surrogates[precision].rollout(x0, step_times(horizon, dt), dt)
+                n = min(len(z), len(reference[::stride]))
+                key = label if precision == "float64" else f"{label}_{precision}"
+                row[key] = {**timed(surrogates[precision], x0, horizon, dt, micro, args.batch, args.repeats),
+                            "times_evaluation_dt": dt / s.dt,
+                            "deviation": relative_deviation(z[:n], reference[::stride][:n])}
         out[kind] = row
+        print(kind, {k: v for k, v in row.items() if not isinstance(v, dict)}, flush=True)
     return emit({"benchmark": "surrogate_speedup", "threads": 1, "batch": args.batch, "systems": out,
                  "target": ">= 1000x for LJ-800 and Allen-Cahn"})
 

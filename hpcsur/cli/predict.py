@@ -4,7 +4,9 @@ Rolls the exported surrogate (``hpcsur export``) out from microscopic states -- 
 (N,) or many (B, N), or ``STORE:TRAJ[:FRAME]`` of a trajectory store -- to time T, all states at once, and writes
 the times, the latent trajectories and the observables (``--decode``: the reconstructed states too) to ``.npz`` or
 ``.zarr``, with a short table on stdout. Outputs are at the training data's frame interval (``--every`` to change),
-RK4 at the evaluation's step unless ``--dt``.
+RK4 at the evaluation's step unless ``--dt``: a step, or ``auto`` for the largest 2^k multiple of the evaluation's
+step whose rollout of the first state stays within ``--rtol`` of the evaluation-step one (steps never exceed the
+output interval, so pair it with ``--every``). ``--precision float32`` about halves the cost.
 """
 
 
@@ -12,7 +14,11 @@ def add_arguments(parser):
     parser.add_argument("export", help="an export file written by `hpcsur export`")
     parser.add_argument("--initial", required=True, help=".npy / .npz of states (N,) or (B, N), or STORE:TRAJ[:FRAME]")
     parser.add_argument("--time", type=float, required=True, help="how long to roll out (the data's time units)")
-    parser.add_argument("--dt", type=float, help="RK4 step (default: the evaluation's, frame interval / substeps)")
+    parser.add_argument("--dt", help="RK4 step, or 'auto' (default: the evaluation's, frame interval / substeps)")
+    parser.add_argument("--rtol", type=float, default=1e-4,
+                        help="--dt auto: largest relative deviation from the evaluation-step rollout (default 1e-4)")
+    parser.add_argument("--precision", default="float64", choices=["float64", "float32"],
+                        help="arithmetic of the networks (default float64)")
     parser.add_argument("--every", type=float, help="time between outputs (default: the data's frame interval)")
     parser.add_argument("--output", help="write t, z, observables (and x with --decode) to this .npz or .zarr")
     parser.add_argument("--decode", action="store_true", help="also write the decoded microscopic states")
@@ -39,20 +45,21 @@ def run(args):
             raise InputError(f"--device {args.device}: no CUDA device here; use --device cpu")
     if args.output is None and args.decode:
         raise InputError("--decode needs --output (where to write the states)")
-    s = Surrogate.load(args.export, device=args.device)
+    s = Surrogate.load(args.export, device=args.device, precision=args.precision)
     states, labels = read_states(args.initial)
     every = s.frame_dt if args.every is None else args.every
     if not (np.isfinite(every) and every > 0):
         raise InputError(f"--every {args.every!r} is not allowed; give a time > 0")
     times = prediction_times(args.time, every)
-    z = s.rollout(states, times, args.dt)                     # (F, B, d)
+    dt = step_from(args.dt, s, states, args.time, args.rtol)
+    z = s.rollout(states, times, dt)                          # (F, B, d)
     obs = s.observables(z)
     names = s.observable_names
     arrays = {"t": times, "z": z, "observables": obs}
     if args.decode:
         arrays["x"] = s.decode(z)
     attrs = {"export": str(args.export), "initial": args.initial, "labels": labels, "observables": names,
-             "dt": args.dt or s.dt, "source": s.manifest["source"]}
+             "dt": dt, "precision": args.precision, "source": s.manifest["source"]}
     if args.output:
         write_prediction(args.output, arrays, attrs)
     if args.plot:
@@ -68,3 +75,26 @@ def run(args):
         if path:
             print(f"{what}: {path}")
     return 0
+
+
+def step_from(text, surrogate, states, horizon: float, rtol: float) -> float:
+    """--dt: None (the evaluation's step), a number > 0, or 'auto' (calibrated on the first state; printed)."""
+    import numpy as np
+
+    from hpcsur.errors import InputError
+
+    if text is None:
+        return surrogate.dt
+    if text == "auto":
+        first = np.asarray(states).reshape(-1, surrogate.n_state)[0]
+        dt, gap = surrogate.coarsest_step(first, horizon, rtol)
+        print(f"--dt auto: step {dt:.6g} = {dt / surrogate.dt:g} x the evaluation's, deviation {gap:.2e} "
+              f"(<= --rtol {rtol:g}) on the first state")
+        return dt
+    try:
+        dt = float(text)
+    except ValueError:
+        raise InputError(f"--dt {text!r} is not allowed; give a step > 0 or 'auto'") from None
+    if not (np.isfinite(dt) and dt > 0):
+        raise InputError(f"--dt {text!r} is not allowed; give a step > 0 or 'auto'")
+    return dt

@@ -59,10 +59,20 @@ class AutoencoderShape:
     hidden: tuple[int, ...]
     activation: str
     recipe: str = "hpcsur"
+    observable_scale: tuple[float, ...] = ()      # s: z* = s phi*(x); () = 1
 
     @property
     def closure_dim(self) -> int:
         return self.latent_dim - self.n_obs
+
+
+def scaled_observable(observable: Observable, scale) -> Observable:
+    """x -> s * phi*(x), one factor per observable."""
+    factors = tuple(float(s) for s in scale)
+
+    def scaled(x: torch.Tensor) -> torch.Tensor:
+        return observable(x) * torch.as_tensor(factors, dtype=x.dtype, device=x.device)
+    return scaled
 
 
 class ClosureAutoencoder(nn.Module):
@@ -70,7 +80,8 @@ class ClosureAutoencoder(nn.Module):
 
     def __init__(self, shape: AutoencoderShape, observable: Observable):
         super().__init__()
-        self.shape, self.observable = shape, observable
+        self.shape = shape
+        self.observable = scaled_observable(observable, shape.observable_scale) if shape.observable_scale else observable
         hidden = list(shape.hidden)
         zero_bias = shape.recipe != "reference"
         self.encoder_net = mlp([shape.n_state] + hidden + [shape.closure_dim], shape.activation, zero_bias=zero_bias)

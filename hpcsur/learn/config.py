@@ -64,6 +64,11 @@ class Autoencoder:
     lambda_coherence: float = field(0.0, ge=0.0, doc="weight of the leverage-coherence penalty L_coh (0: off)")
     lambda_tangent: float = field(0.0, ge=0.0, doc="weight of the tangent-alignment penalty L_tan: the decoder's "
                                                    "tangent space inside the encoder's row space (0: off)")
+    observable_scale: Optional[list[float]] = field(None, gt=0.0,
+                                                    doc="one factor per observable: z* = s phi*(x) (the reference's "
+                                                        "LJ stores 20 T). It weighs the observables' rows against the "
+                                                        "closure rows in the latent losses' squared errors; relative "
+                                                        "errors of z* are unchanged")
     right_inverse: str = field("pinv", choices=("pinv", "decoder"),
                                doc="the right inverse P of J in L_x = |f - P g|^2 and L_x,p (used by encode): the "
                                    "paper's Moore-Penrose J^+, or the decoder's Jacobian psi'(z), which spans the "

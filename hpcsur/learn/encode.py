@@ -146,6 +146,8 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
                   "observables": src.attrs.get("observables", []), "k": src.schema.k, "draws": src.schema.draws,
                   "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"]), "right_inverse": right_inverse,
                   "full_every": src.attrs.get("full_every")})   # [labels] full_every: J f is NaN between those frames
+    if ae.shape.observable_scale:                           # z* = s phi*: plots and exports show phi* itself
+        attrs["observable_scale"] = list(ae.shape.observable_scale)
     cuts = store_cuts(src, observable_floor)
     if cuts is not None:
         attrs.update({"observable_floor": observable_floor, "kept_frames": list(cuts)})

@@ -242,7 +242,9 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     plots.mkdir(parents=True, exist_ok=True)
     files = {"observables": plots / "observables.png", "loss_curves": plots / "loss_curves.png",
              "errors": plots / "errors.png", "error_curves": plots / "error_curves.png"}
-    plot_observables(files["observables"], t, z_true[..., :n_obs], shown, names[:n_obs])
+    scale = np.asarray(attrs.get("observable_scale") or 1.0)         # plot phi* = z* / s in its own units
+    plot_observables(files["observables"], t, z_true[..., :n_obs] / scale,
+                     {k: v / scale for k, v in shown.items()}, names[:n_obs])
     plot_curves(files["loss_curves"], curves)
     plot_errors(files["errors"], rows)
     plot_error_curves(files["error_curves"], rows)

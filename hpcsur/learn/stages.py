@@ -71,7 +71,10 @@ def use_threads(train: cfg.Train) -> None:
 
 # ----------------------------------------------------------------------------- autoencoder
 def autoencoder_meta(shape: AutoencoderShape, source_hash: str, ae: cfg.Autoencoder) -> dict:
-    meta = {"kind": "autoencoder", "shape": {**asdict(shape), "hidden": list(shape.hidden)},
+    shape_dict = {**asdict(shape), "hidden": list(shape.hidden), "observable_scale": list(shape.observable_scale)}
+    if not shape.observable_scale:
+        del shape_dict["observable_scale"]
+    meta = {"kind": "autoencoder", "shape": shape_dict,
             "source": source_hash, "lambda_cond": ae.lambda_cond, "cond_rows": ae.cond_rows}
     # options beyond the recipe's defaults are recorded only when used (older checkpoints stay valid)
     if ae.normalise != "auto":
@@ -89,7 +92,11 @@ def autoencoder_shape(store_attrs: dict, ae: cfg.Autoencoder) -> AutoencoderShap
     if ae.latent_dim <= n_obs:
         raise InputError(f"[autoencoder] latent_dim = {ae.latent_dim} is out of range; allowed: latent_dim > "
                          f"{n_obs} (the observables plus at least one closure variable)")
-    return AutoencoderShape(n_state, n_obs, ae.latent_dim, tuple(ae.hidden), ae.activation, ae.recipe)
+    scale = tuple(float(s) for s in (ae.observable_scale or ()))
+    if scale and len(scale) != n_obs:
+        raise InputError(f"[autoencoder] observable_scale has {len(scale)} factor(s); allowed: one per observable "
+                         f"({n_obs}: {', '.join(store_attrs.get('observables', []))})")
+    return AutoencoderShape(n_state, n_obs, ae.latent_dim, tuple(ae.hidden), ae.activation, ae.recipe, scale)
 
 
 def field_std(x_std: np.ndarray, n_fields: int) -> np.ndarray:
@@ -138,7 +145,9 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     model = build_autoencoder(dataset.attrs, ae)
     if ae.scaling != "none":
         n_fields = len(dataset.attrs["layout"]["fields"])
-        model.set_normalisation(**_normalisation(store, (g0, g1), out, backend, ae.scaling, n_fields, sp.cuts))
+        stats = _normalisation(store, (g0, g1), out, backend, ae.scaling, n_fields, sp.cuts)
+        scale = np.asarray(model.shape.observable_scale or 1.0)     # the store's phi is unscaled; z* = s phi*
+        model.set_normalisation(**{**stats, "obs_mean": stats["obs_mean"] * scale, "obs_std": stats["obs_std"] * scale})
     meta = autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae)
     common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,
                   shuffle_buffer=train.shuffle_buffer, prefetch=train.prefetch, loader_workers=train.loader_workers)

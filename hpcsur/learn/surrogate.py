@@ -12,7 +12,8 @@ An export (``hpcsur export``) is a zip archive of two members, never a pickle:
 Loading rebuilds the modules from the shapes and copies the arrays in, so it runs no code from the file.
 
 The surrogate of a microscopic state x is the latent ODE dz/dt = g(z) started at z(0) = phi(x), integrated with
-classical RK4; z = (phi*, phi_hat), so the first ``n_obs`` latent coordinates are the observables themselves::
+classical RK4; z = (phi*, phi_hat), so the first ``n_obs`` latent coordinates are the observables themselves (times
+the fixed factors ``observable_scale`` where the job set them; :meth:`Surrogate.observables` divides them out)::
 
     s = Surrogate.load("pp.hpcsur")
     z = s.rollout(x0, times)          # (len(times), batch, d), float64
@@ -37,6 +38,9 @@ from hpcsur.learn.observables import observable_from_attrs
 FORMAT = "hpcsur-surrogate"
 #: The export format this hpcsur writes and the newest it reads.
 VERSION = 1
+#: The arithmetic a surrogate may run in; float32 about halves the latent model's cost (check it with
+#: :meth:`Surrogate.deviation` against a float64 one).
+PRECISIONS = {"float64": torch.float64, "float32": torch.float32}
 
 
 def rk4_path(g, z0: torch.Tensor, times: np.ndarray, dt: float) -> torch.Tensor:
@@ -53,15 +57,30 @@ def rk4_path(g, z0: torch.Tensor, times: np.ndarray, dt: float) -> torch.Tensor:
     return torch.stack(out)
 
 
+def relative_deviation(z: np.ndarray, reference: np.ndarray) -> float:
+    """max_t |z(t) - z_ref(t)| / max_t |z_ref(t)| (Euclidean norms over the latent coordinates, the worst state of
+    a batch): how far a rollout strays from a reference one, relative to the reference's size."""
+    z, reference = np.asarray(z), np.asarray(reference)
+    gap = np.linalg.norm(z - reference, axis=-1).max(axis=0)             # (batch,) or ()
+    size = np.linalg.norm(reference, axis=-1).max(axis=0)
+    return float(np.max(gap / np.maximum(size, np.finfo(np.float64).tiny)))
+
+
 class Surrogate:
     """A trained closure autoencoder and latent model with what is needed to use them (see the module docstring).
-    Arrays in and out are numpy, float64; ``device`` is where the networks run ("cpu", "cuda")."""
+    Arrays in and out are numpy, float64; ``device`` is where the networks run ("cpu", "cuda"); ``precision`` the
+    arithmetic they run in (:data:`PRECISIONS`)."""
 
-    def __init__(self, autoencoder: ClosureAutoencoder, latent: LatentDynamics, manifest: dict, device: str = "cpu"):
+    def __init__(self, autoencoder: ClosureAutoencoder, latent: LatentDynamics, manifest: dict, device: str = "cpu",
+                 precision: str = "float64"):
+        if precision not in PRECISIONS:
+            raise InputError(f"precision {precision!r} is not allowed; allowed: {', '.join(PRECISIONS)}")
         self.manifest = manifest
         self.device = torch.device(device)
-        self.autoencoder = autoencoder.double().eval().to(self.device)
-        self.latent = latent.double().eval().to(self.device)
+        self.precision = precision
+        self.dtype = PRECISIONS[precision]
+        self.autoencoder = autoencoder.to(self.dtype).eval().to(self.device)
+        self.latent = latent.to(self.dtype).eval().to(self.device)
 
     # -- facts ---------------------------------------------------------------------------------------------
     @property
@@ -97,12 +116,15 @@ class Surrogate:
         if bad.any():
             row, col = np.argwhere(bad.reshape(-1, self.n_state))[0]
             raise InputError(f"{what}: state {row} has a non-finite value at coordinate {col}")
-        return torch.from_numpy(x).to(self.device)
+        return torch.from_numpy(x).to(self.device, self.dtype)
+
+    def _numpy(self, t: torch.Tensor) -> np.ndarray:
+        return t.cpu().double().numpy()
 
     def encode(self, x) -> np.ndarray:
         """z = phi(x) = (phi*(x), phi_hat(x)) of one state (N,) or a batch (B, N)."""
         with torch.no_grad():
-            return self.autoencoder.encode(self._states(x)).cpu().numpy()
+            return self._numpy(self.autoencoder.encode(self._states(x)))
 
     def decode(self, z) -> np.ndarray:
         """x_hat = psi(z) of latent states (..., d)."""
@@ -110,16 +132,19 @@ class Surrogate:
         if z.shape[-1] != self.latent_dim:
             raise InputError(f"z: latent states of shape {z.shape} do not fit this surrogate (d = {self.latent_dim})")
         with torch.no_grad():
-            return self.autoencoder.decode(torch.from_numpy(z).to(self.device)).cpu().numpy()
+            return self._numpy(self.autoencoder.decode(torch.from_numpy(z).to(self.device, self.dtype)))
 
     def observables(self, z) -> np.ndarray:
-        """phi*: the first n_obs latent coordinates (..., n_obs)."""
-        return np.asarray(z)[..., :len(self.observable_names)]
+        """phi*: the first n_obs latent coordinates (..., n_obs), in the observables' own units (z* / s where the
+        job set ``[autoencoder] observable_scale`` s)."""
+        scale = np.asarray(self.manifest["autoencoder"].get("observable_scale") or 1.0)
+        return np.asarray(z)[..., :len(self.observable_names)] / scale
 
     def velocity(self, z) -> np.ndarray:
         """The latent model's dz/dt = g(z)."""
         with torch.no_grad():
-            return self.latent(torch.from_numpy(np.asarray(z, dtype=np.float64)).to(self.device)).cpu().numpy()
+            z = torch.from_numpy(np.asarray(z, dtype=np.float64)).to(self.device, self.dtype)
+            return self._numpy(self.latent(z))
 
     def rollout(self, x0, times, dt: float | None = None) -> np.ndarray:
         """Latent states at ``times`` (ascending, from 0 = the time of x0) of the surrogate started at
@@ -134,7 +159,32 @@ class Surrogate:
         x = self._states(x0, "x0")
         with torch.no_grad():
             path = rk4_path(self.latent, self.autoencoder.encode(x), times, step)
-        return path.cpu().numpy()
+        return self._numpy(path)
+
+    def coarsest_step(self, x0, horizon: float, rtol: float = 1e-4, max_doublings: int = 16) -> tuple[float, float]:
+        """The largest RK4 step dt = 2^k · :attr:`dt` (k >= 0, dt <= horizon) whose rollout of ``x0`` over
+        [0, horizon], compared at its own steps, stays within ``rtol`` of the rollout at :attr:`dt`
+        (:func:`relative_deviation`); returns (dt, its deviation). The check costs one rollout at the fine step,
+        so calibrate on a few states and roll the many out at the step it gives."""
+        if not (np.isfinite(horizon) and horizon > 0):
+            raise InputError(f"horizon: {horizon!r} is not allowed; give a time > 0")
+        if not (np.isfinite(rtol) and rtol > 0):
+            raise InputError(f"rtol: {rtol!r} is not allowed; give a tolerance > 0")
+        fine = self.dt
+        n_fine = max(1, int(np.floor(horizon / fine + 1e-9)))
+        reference = self.rollout(x0, fine * np.arange(n_fine + 1), fine)
+        best = (fine, 0.0)
+        for k in range(1, max_doublings + 1):
+            stride = 2 ** k
+            if stride > n_fine:
+                break
+            coarse = fine * stride
+            z = self.rollout(x0, coarse * np.arange(n_fine // stride + 1), coarse)
+            gap = relative_deviation(z, reference[::stride])
+            if gap > rtol:
+                break
+            best = (coarse, gap)
+        return best
 
     # -- files ---------------------------------------------------------------------------------------------
     def save(self, path) -> Path:
@@ -153,7 +203,7 @@ class Surrogate:
         return path
 
     @classmethod
-    def load(cls, path, device: str = "cpu") -> "Surrogate":
+    def load(cls, path, device: str = "cpu", precision: str = "float64") -> "Surrogate":
         """Read an export (no job spec, no store, no pickled code)."""
         path = Path(path)
         if not path.is_file():
@@ -175,8 +225,9 @@ class Surrogate:
                 arrays = {k: torch.from_numpy(np.array(npz[k])) for k in npz.files}
         except ValueError as err:
             raise InputError(f"{path}: arrays.npz is not plain arrays ({err})") from None
-        autoencoder = ClosureAutoencoder(AutoencoderShape(**{**manifest["autoencoder"],
-                                                             "hidden": tuple(manifest["autoencoder"]["hidden"])}),
+        shape = {**manifest["autoencoder"], "hidden": tuple(manifest["autoencoder"]["hidden"]),
+                 "observable_scale": tuple(manifest["autoencoder"].get("observable_scale", ()))}
+        autoencoder = ClosureAutoencoder(AutoencoderShape(**shape),
                                          observable_from_attrs(manifest["observable_attrs"]))
         latent = LatentDynamics(LatentShape(**{**manifest["latent"], "hidden": tuple(manifest["latent"]["hidden"])}))
         for prefix, module in (("autoencoder.", autoencoder), ("latent.", latent)):
@@ -187,7 +238,7 @@ class Surrogate:
             except RuntimeError as err:
                 raise InputError(f"{path}: the arrays do not fit the shapes in its manifest "
                                  f"({str(err).splitlines()[0]})") from None
-        return cls(autoencoder, latent, manifest, device)
+        return cls(autoencoder, latent, manifest, device, precision)
 
     def __repr__(self) -> str:
         m = self.manifest

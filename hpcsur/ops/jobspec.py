@@ -416,7 +416,7 @@ DATA_SECTIONS = ("system", "simulation", "initial", "labels")
 #: Spec fields added after stores and run folders existed, with the default that reproduces what those hold: at
 #: that default they are left out of the data hash and the stage provenance, so older stores and runs stay current.
 LATE_DEFAULTS = {"labels.precision": "float64", "split.observable_floor": None, "labels.full_every": None,
-                 "system.velocity_seed": None}
+                 "system.velocity_seed": None, "autoencoder.observable_scale": None}
 
 
 def without_late_defaults(flat: dict[str, Any]) -> dict[str, Any]:
@@ -515,6 +515,11 @@ def _check_learning(spec: JobSpec) -> None:
         raise InputError(f"{src}: [autoencoder] latent_dim = {spec.autoencoder.latent_dim} is out of range; "
                          f"allowed: {n_obs} < latent_dim <= {n_state} (the {n_obs} observable(s) plus at least one "
                          f"closure variable, at most the state dimension N = {n_state})")
+    scale = spec.autoencoder.observable_scale if spec.autoencoder is not None else None
+    if scale is not None and len(scale) != n_obs:
+        names = ", ".join(registry.get(spec.kind).observable_names)
+        raise InputError(f"{src}: [autoencoder] observable_scale has {len(scale)} factor(s); allowed: one per "
+                         f"observable of {spec.kind} ({n_obs}: {names})")
     if spec.latent is not None:
         if "lz" in spec.latent.losses or "lx" in spec.latent.losses:
             if not spec.labels.full:

@@ -45,6 +45,37 @@ def test_encode_block_matches_explicit_pseudo_inverses():
     assert not np.allclose(out["lxp_y"][:, 0], out["lxp_y"][:, 1])
 
 
+def test_an_observable_scale_multiplies_z_star_and_leaves_the_microscopic_losses_alone():
+    """[autoencoder] observable_scale s: z* = s phi*(x) and J's observable rows are s times the unscaled ones; the
+    closure part is untouched; L_x,p of the scaled latent velocity S g equals L_x,p of g without the scale (P S^-1
+    S g = P g: the microscopic residual does not see s), while L_z weighs the observable rows by s^2."""
+    torch.manual_seed(0)
+    n_cells, k, draws, s = 6, 2, 2, (20.0, 0.5)
+    layout = Layout(2, n_cells, ("u", "v"))
+    plain = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), spatial_means({"n": n_cells}, {})).double()
+    scaled = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh", observable_scale=s),
+                                spatial_means({"n": n_cells}, {})).double()
+    scaled.load_state_dict(plain.state_dict())
+    rng = np.random.default_rng(2)
+    x = rng.uniform(0.2, 0.8, size=(4, 12))
+    f_full = rng.standard_normal((4, 12))
+    idx = np.sort(np.stack([[rng.choice(n_cells, k, replace=False) for _ in range(draws)] for _ in range(4)]), axis=2)
+    f_partial = np.stack([[f_full[i][layout.coordinates(idx[i, a])] for a in range(draws)] for i in range(4)])
+    a, b = encode_block(plain, layout, x, idx, f_partial, f_full), encode_block(scaled, layout, x, idx, f_partial, f_full)
+    S = np.array([*s, 1.0, 1.0])
+    np.testing.assert_allclose(b["z"], a["z"] * S, rtol=1e-13, atol=1e-14)
+    np.testing.assert_allclose(b["jf"], a["jf"] * S, rtol=1e-12, atol=1e-13)
+    g = rng.standard_normal((4, 4))
+    for i in range(4):
+        for d in range(draws):
+            res_a = a["lxp_y"][i, d] - a["lxp_R"][i, d] @ g[i]
+            res_b = b["lxp_y"][i, d] - b["lxp_R"][i, d] @ (S * g[i])
+            assert np.isclose(res_b @ res_b + b["lxp_r2"][i, d], res_a @ res_a + a["lxp_r2"][i, d], rtol=1e-9)
+    lz_a, lz_b = ((a["jf"] - g) ** 2).sum(-1), ((b["jf"] - S * g) ** 2).sum(-1)
+    np.testing.assert_allclose(lz_b, (((a["jf"] - g) * S) ** 2).sum(-1), rtol=1e-12)
+    assert not np.allclose(lz_a, lz_b)
+
+
 @pytest.mark.mpi
 def test_encoding_is_identical_on_one_and_two_ranks(pp_store, tmp_path):
     folder, store = pp_store

@@ -103,6 +103,9 @@ def test_bad_protocol_values_are_one_line():
     ("hidden = [8]", "[latent] forcing = true is allowed only with model = \"onsagernet\""),
     ("draws = 2", "[labels] draws = 0 is out of range"),
     ("lambda_cond = 1e-6", "[autoencoder] recipe = 'paper' is not allowed"),
+    ("lambda_cond = 1e-6#scale", "[autoencoder] observable_scale has 1 factor(s); allowed: one per observable of "
+                                 "predator_prey (2: u_mean, v_mean)"),
+    ("lambda_cond = 1e-6#negative", "[autoencoder] observable_scale"),
 ])
 def test_bad_protocol_specs_are_one_line(pp_store, tmp_path, edit, message):
     folder, store = pp_store
@@ -117,7 +120,9 @@ def test_bad_protocol_specs_are_one_line(pp_store, tmp_path, edit, message):
                                          "activation = \"gelu\"",
                    "hidden = [8]": "hidden = [8]\nmodel = \"onsagernet_ref\"\nforcing = true",
                    "draws = 2": "draws = 0",
-                   "lambda_cond = 1e-6": "lambda_cond = 1e-6\nrecipe = \"paper\""}[edit]
+                   "lambda_cond = 1e-6": "lambda_cond = 1e-6\nrecipe = \"paper\"",
+                   "lambda_cond = 1e-6#scale": "lambda_cond = 1e-6\nobservable_scale = [20.0]",
+                   "lambda_cond = 1e-6#negative": "lambda_cond = 1e-6\nobservable_scale = [20.0, -1.0]"}[edit]
     if edit.startswith("seeds = [1]"):
         text = text.replace("equivalent_data = 60\n", "")
     job = tmp_path / "bad.toml"

@@ -105,6 +105,64 @@ def test_batched_predict_equals_one_state_at_a_time_and_the_api_agrees(trained, 
     assert s.observables(z_stored).shape == (3, 2) and s.decode(z_stored).shape == (3, 40)
 
 
+def test_coarsest_step_keeps_the_tolerance_and_the_next_doubling_breaks_it(trained):
+    """coarsest_step returns a 2^k multiple of the evaluation's step whose rollout, compared at its own steps with
+    the evaluation-step one (recomputed here), deviates by what it says and at most rtol; one more doubling exceeds
+    rtol; a tolerance the fine step itself meets trivially (huge) gives the largest step <= horizon."""
+    from hpcsur import Surrogate
+    from hpcsur import store as zstore
+    from hpcsur.learn.surrogate import relative_deviation
+
+    root, _, export = trained
+    s = Surrogate.load(export)
+    x0 = zstore.open_dataset(root / "store").frames(12, 0, 1, ["x"])["x"][0]
+    horizon = 2.4
+    fine = s.dt * np.arange(int(np.floor(horizon / s.dt + 1e-9)) + 1)
+    reference = s.rollout(x0, fine, s.dt)
+    gaps = {}
+    for k in range(0, 8):
+        dt = s.dt * 2 ** k
+        if 2 ** k > len(fine) - 1:
+            break
+        z = s.rollout(x0, dt * np.arange((len(fine) - 1) // 2 ** k + 1), dt)
+        gaps[k] = relative_deviation(z, reference[::2 ** k])
+    assert gaps[0] == 0.0 and all(gaps[k] < gaps[k + 1] for k in range(1, len(gaps) - 1))
+    rtol = float(np.sqrt(gaps[1] * gaps[2]))              # between the first two doublings
+    dt, gap = s.coarsest_step(x0, horizon, rtol)
+    assert dt == pytest.approx(2 * s.dt) and gap == pytest.approx(gaps[1], rel=1e-12) and gap <= rtol
+    dt, gap = s.coarsest_step(x0, horizon, 1e9)
+    assert dt == pytest.approx(s.dt * 2 ** max(gaps)) and dt <= horizon
+    with pytest.raises(Exception, match="rtol"):
+        s.coarsest_step(x0, horizon, -1.0)
+
+
+def test_float32_surrogate_stays_close_to_float64_and_predict_auto_step(trained, tmp_path):
+    """precision float32 runs the networks in float32 (outputs still float64 arrays) and stays within 1e-4 of the
+    float64 rollout without being identical; `predict --dt auto --every E` prints the step it chose and its rollout
+    equals the API's at that step; a bad --dt is one line."""
+    from hpcsur import Surrogate
+    from hpcsur import store as zstore
+    from hpcsur.learn.surrogate import relative_deviation
+
+    root, _, export = trained
+    x0 = zstore.open_dataset(root / "store").frames(13, 0, 1, ["x"])["x"][0]
+    s64, s32 = Surrogate.load(export), Surrogate.load(export, precision="float32")
+    times = 0.1 * np.arange(21)
+    z64, z32 = s64.rollout(x0, times), s32.rollout(x0, times)
+    assert z32.dtype == np.float64 and str(next(s32.latent.parameters()).dtype) == "torch.float32"
+    assert 0.0 < relative_deviation(z32, z64) < 1e-4
+    np.save(tmp_path / "x0.npy", x0)
+    res = cli("predict", export, "--initial", tmp_path / "x0.npy", "--time", "2.0", "--every", "0.4", "--dt", "auto",
+              "--rtol", "1e-3", "--output", tmp_path / "auto.npz")
+    assert res.returncode == 0, res.stderr
+    chosen, _ = s64.coarsest_step(x0, 2.0, 1e-3)
+    assert f"--dt auto: step {chosen:.6g}" in res.stdout
+    got = np.load(tmp_path / "auto.npz")
+    np.testing.assert_allclose(got["z"][:, 0], s64.rollout(x0, got["t"], chosen), rtol=0, atol=1e-12)
+    assert "--dt 'fast' is not allowed" in one_error_line(
+        cli("predict", export, "--initial", tmp_path / "x0.npy", "--time", "1", "--dt", "fast"))
+
+
 class _Planted:
     def __init__(self, marker):
         self.marker = marker
