@@ -64,7 +64,12 @@ def export_surrogate(spec: JobSpec, output: str | Path, loss: str | None = None,
     if scored is None:
         raise InputError(f"{report_path}: has no evaluation of {run.name}; run `hpcsur evaluate {spec.source}` first")
     source = zstore.open_dataset(spec.store.path).attrs if zstore.exists(spec.store.path) else attrs
-    autoencoder = load_autoencoder(spec.store.path, run_dir, spec.autoencoder)
+    home = spec                                   # whose run folder holds the autoencoder
+    if spec.insitu is not None:
+        from hpcsur.ops.insitu import autoencoder_job
+
+        home = autoencoder_job(spec)
+    autoencoder = load_autoencoder(home.store.path, Path(home.run_dir), home.autoencoder)
     latent = load_latent(attrs, run_dir, spec.latent, run)
     t = dataset.frames(0, 0, 2, ["t"])["t"]
     manifest = {

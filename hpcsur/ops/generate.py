@@ -17,6 +17,10 @@ restarts each trajectory at its first incomplete shard from the stored last fram
 before it, which is exactly what the uninterrupted run did at that boundary: the finished store
 is bit-identical, with no frame lost or duplicated (shards are rewritten whole, and a shard's
 completion record exists only after its data is on disk).
+
+In situ (``[insitu]``, :mod:`hpcsur.ops.insitu`) the writer encodes each shard with a frozen autoencoder and
+stores the encoding instead of the states; with no state to restart from, a resumed trajectory is recomputed from
+its initial state (its finished shards are not rewritten), as with ``[labels] precision = "float32"``.
 """
 from __future__ import annotations
 
@@ -134,8 +138,9 @@ def _rank0_check(comm, fn):
     return result
 
 
-def prepare_store(spec: JobSpec, system, plan: Plan, comm, resume: bool):
-    """Rank 0 takes the lock and creates (or re-opens, on resume) the store; all ranks then agree."""
+def prepare_store(spec: JobSpec, system, plan: Plan, comm, resume: bool, encoder=None):
+    """Rank 0 takes the lock and creates (or re-opens, on resume) the store; all ranks then agree. With an
+    in-situ ``encoder`` the store is its encoded schema and attributes."""
     path = spec.store.path
     schema = zstore.DatasetSchema(
         n_traj=spec.simulation.trajectories, frames_per_traj=plan.frames_per_traj,
@@ -144,6 +149,8 @@ def prepare_store(spec: JobSpec, system, plan: Plan, comm, resume: bool):
         frames_per_shard=plan.frames_per_shard,
         chunk_frames=zstore.choose_chunk_frames(plan.frames_per_shard, real_bytes(spec) * system.layout.size),
         draws=spec.labels.draws, precision=spec.labels.precision)
+    if encoder is not None:
+        schema = encoder.schema(schema)
 
     def create_or_open():
         lock = zstore.acquire_lock(path)
@@ -156,8 +163,12 @@ def prepare_store(spec: JobSpec, system, plan: Plan, comm, resume: bool):
                 if attrs.get("data_hash") != spec.data_hash():
                     raise InputError(f"{path}: store was generated from a different job spec (data hash "
                                      f"{attrs.get('data_hash')} != {spec.data_hash()}); choose another --output")
+                if encoder is not None and attrs.get("autoencoder") != encoder.digest:
+                    raise InputError(f"{path}: was encoded in situ with another autoencoder ({attrs.get('autoencoder')}"
+                                     f", now {encoder.digest}); remove it to generate it again")
                 return lock, zstore.open_dataset(path).schema
-            zstore.create_dataset(path, schema, dataset_attrs(spec, system, plan))
+            attrs = dataset_attrs(spec, system, plan)
+            zstore.create_dataset(path, schema, encoder.attrs(attrs) if encoder is not None else attrs)
             return lock, schema
         except BaseException:
             lock.release()
@@ -191,7 +202,13 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
     system = build_system(spec)
     plan = _rank0_check(comm, lambda: make_plan(spec, system, size))
     plan = comm.bcast(plan, root=0)
-    lock, plan = prepare_store(spec, system, plan, comm, resume)
+    encoder = None
+    if spec.insitu is not None:
+        from hpcsur.ops.insitu import InSituEncoder
+
+        _rank0_check(comm, lambda: InSituEncoder.for_job(spec, system.layout) and None)   # one line if unusable
+        encoder = InSituEncoder.for_job(spec, system.layout)
+    lock, plan = prepare_store(spec, system, plan, comm, resume, encoder)
     comm.Barrier()
     path = spec.store.path
     done = zstore.completed_shards(path) if resume else set()
@@ -222,9 +239,9 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
         if not blocks:
             continue
         first = blocks[0]
-        if spec.labels.precision == "float32":
-            # the stored last frame is rounded: a resumed trajectory recomputes from its initial state
-            # (writing only the missing shards), so its data are bit-identical to an uninterrupted run
+        if spec.labels.precision == "float32" or encoder is not None:
+            # the stored last frame is rounded (or, in situ, not stored): a resumed trajectory recomputes from its
+            # initial state (writing only the missing shards), so its data are bit-identical to an uninterrupted run
             first = 0
         if first == 0:
             x_start = initial_state(spec, system, traj)
@@ -238,7 +255,7 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
             sid = plan.shard_id(traj, j)
             if group.Get_rank() == writer:
                 if sid not in done:
-                    shard_writer.write(sid, block)
+                    shard_writer.write(sid, encoder.encode(block) if encoder is not None else block)
                     written += 1
                 x_last = block["x"][-1]
             else:

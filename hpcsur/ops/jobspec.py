@@ -12,6 +12,7 @@ The ``[system]`` and ``[initial]`` tables are the schema of the kind's
     [store]       path of the zarr store, optional frames_per_shard
     [parallel]    optional rank grid
     [output]      run folder for everything after generation (default runs/<job name>)
+    [insitu]      encode while generating with another job's trained autoencoder; store no states
     [split] [autoencoder] [latent] [train] [evaluate]   learning (see hpcsur.learn.config)
     [slurm]       batch resources and environment set-up for ``hpcsur submit``
     [campaign]    ensemble size, parameter sweep and dask resources for ``hpcsur campaign``
@@ -156,6 +157,14 @@ class Output:
     dir: str = field("", doc="run folder (spec, checkpoints, encoded store, report, plots); "
                              "default runs/<job name>")
     results: str = field("results", doc="folder of the results claim <job name>.json the evaluate stage writes")
+
+
+@dataclass(frozen=True)
+class InSitu:
+    autoencoder: str = field(doc="the job spec whose trained autoencoder (frozen) encodes every frame as it is "
+                                 "generated: [store] path then holds the encoding (z, the least-squares triples, "
+                                 "the index sets), never the states; its [system] and [autoencoder] must be this "
+                                 "job's")
 
 
 _DASHBOARD = re.compile(r"^(127\.0\.0\.1|localhost):(\d{1,5})$")
@@ -360,6 +369,7 @@ class JobSpec:
     output: Output = Output()
     split: Split = Split()
     autoencoder: Optional[Autoencoder] = None
+    insitu: Optional[InSitu] = None
     latent: Optional[Latent] = None
     train: Train = Train()
     evaluate: Evaluate = Evaluate()
@@ -423,7 +433,7 @@ def without_late_defaults(flat: dict[str, Any]) -> dict[str, Any]:
     """``flat`` without the :data:`LATE_DEFAULTS` fields that hold their default."""
     return {k: v for k, v in flat.items() if k not in LATE_DEFAULTS or v != LATE_DEFAULTS[k]}
 #: Optional sections: table name -> dataclass (None in JobSpec when absent, unless it has defaults).
-OPTIONAL_SECTIONS = {"output": Output, "split": Split, "autoencoder": Autoencoder, "latent": Latent,
+OPTIONAL_SECTIONS = {"output": Output, "split": Split, "autoencoder": Autoencoder, "insitu": InSitu, "latent": Latent,
                      "train": Train, "evaluate": Evaluate, "slurm": Slurm, "campaign": Campaign}
 SECTIONS = DATA_SECTIONS + ("store", "parallel") + tuple(OPTIONAL_SECTIONS)
 
@@ -515,6 +525,9 @@ def _check_learning(spec: JobSpec) -> None:
         raise InputError(f"{src}: [autoencoder] latent_dim = {spec.autoencoder.latent_dim} is out of range; "
                          f"allowed: {n_obs} < latent_dim <= {n_state} (the {n_obs} observable(s) plus at least one "
                          f"closure variable, at most the state dimension N = {n_state})")
+    if spec.insitu is not None and spec.autoencoder is None:
+        raise InputError(f"{src}: [insitu] needs this job's [autoencoder] table (a copy of the one in "
+                         f"{spec.insitu.autoencoder}, which trains it)")
     scale = spec.autoencoder.observable_scale if spec.autoencoder is not None else None
     if scale is not None and len(scale) != n_obs:
         names = ", ".join(registry.get(spec.kind).observable_names)

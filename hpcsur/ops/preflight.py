@@ -73,10 +73,13 @@ def estimate(spec: JobSpec, ranks: int = 1) -> Estimate:
     d = spec.autoencoder.latent_dim if spec.autoencoder else 0
     encoded = 8 * (d + spec.labels.draws * (d * d + 2 * d + 1) + 4
                    + ((d * d + 3 * d + 1) if spec.labels.full else 0)) if d else 0
+    traj_frame = per_frame                  # what generate holds per frame of a shard before it writes
+    if spec.insitu is not None:             # the store is the encoding (with the index sets); no states
+        per_frame, encoded = encoded + 8 * spec.labels.draws * k, 0
     per_traj = max(1, ranks // max(1, spec.simulation.trajectories))       # ranks sharing one trajectory
     fps = spec.store.frames_per_shard or max(1, min(spec.simulation.frames_per_trajectory,
-                                                    int(spec.store.target_shard_mb * 2 ** 20 // per_frame)))
-    memory = n * kind.work_bytes_per_block // per_traj + 8 * N + fps * per_frame
+                                                    int(spec.store.target_shard_mb * 2 ** 20 // traj_frame)))
+    memory = n * kind.work_bytes_per_block // per_traj + 8 * N + fps * traj_frame
     fixed, per_block = kind.step_cost
     steps = spec.simulation.trajectories * spec.simulation.steps
     seconds = steps * (fixed + per_block * n) / max(1, ranks)

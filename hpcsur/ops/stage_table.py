@@ -31,7 +31,10 @@ from hpcsur.errors import InputError
 
 # ----------------------------------------------------------------------------- a stage's outputs, and are they complete?
 def encoded_path(spec) -> str:
-    """The encoded store of a job (the encode stage's output): ``<run_dir>/encoded``."""
+    """The encoded store of a job: the encode stage's output ``<run_dir>/encoded``, or for an in-situ job
+    (``[insitu]``) the store generate writes, ``[store] path``."""
+    if getattr(spec, "insitu", None) is not None:
+        return spec.store.path
     return str(Path(spec.run_dir) / "encoded")
 
 
@@ -53,6 +56,11 @@ def generate_done(spec) -> bool:
 
 
 def train_ae_done(spec) -> bool:
+    """The job's autoencoder is trained (an in-situ job's: that of its [insitu] autoencoder job)."""
+    if getattr(spec, "insitu", None) is not None:
+        from hpcsur.ops.jobspec import load_job
+
+        spec = load_job(spec.insitu.autoencoder)
     return (Path(spec.run_dir) / "autoencoder" / "done.json").exists()
 
 

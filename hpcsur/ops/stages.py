@@ -37,6 +37,13 @@ def _store_complete(path: str) -> None:
         raise InputError(f"store {path}: {done.missing} shard(s) incomplete; run `hpcsur generate --resume` first")
 
 
+def _not_in_situ(spec: JobSpec, stage: str) -> None:
+    if spec.insitu is not None:
+        raise InputError(f"{stage}: {spec.source} is an in-situ job: its generate encodes every frame with the "
+                         f"autoencoder of {spec.insitu.autoencoder} (`hpcsur train-ae {spec.insitu.autoencoder}` "
+                         "trains it) and stores no states")
+
+
 def _backend(spec: JobSpec, name: str | None):
     from hpcsur.learn.distributed import init_backend
 
@@ -47,6 +54,7 @@ def train_ae(spec: JobSpec, resume: bool = False, backend: str | None = None, pr
     from hpcsur.learn.stages import train_autoencoder
 
     ae = spec.require("autoencoder", "train-ae")
+    _not_in_situ(spec, "train-ae")
     _store_complete(spec.store.path)
     out = Path(spec.run_dir) / "autoencoder"
     if not resume and (out / "checkpoint.pt").exists():
@@ -68,6 +76,7 @@ def encode(spec: JobSpec, comm, resume: bool = False, progress: bool = True) -> 
     from hpcsur.learn.stages import load_autoencoder, use_threads
 
     ae = spec.require("autoencoder", "encode")
+    _not_in_situ(spec, "encode")
     _store_complete(spec.store.path)
     provenance.refuse_if_stale(spec, "train-ae")
     provenance.refuse_if_stale(spec, "encode")
@@ -139,6 +148,7 @@ def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     from hpcsur.learn.stages import latent_runs, load_autoencoder, use_threads
 
     ae = spec.require("autoencoder", "diagnose")
+    _not_in_situ(spec, "diagnose")
     _store_complete(spec.store.path)
     use_threads(spec.train)
     dataset = store.open_dataset(spec.store.path)

@@ -66,7 +66,8 @@ class DatasetSchema:
     ``content`` says what a frame holds: ``"trajectories"`` (the generator's microscopic frames)
     or ``"encoded"`` (what the latent losses need per frame, with ``latent_dim`` = d; see
     :func:`array_specs`). Both share the frame axis and shard geometry, so shard ``s`` of an
-    encoded dataset holds exactly the frames of shard ``s`` of its source.
+    encoded dataset holds exactly the frames of shard ``s`` of its source. ``index_sets`` (encoded only) adds
+    the frames' index sets ``idx``: an in-situ encoding has no trajectory store that would hold them.
     """
 
     n_traj: int
@@ -83,6 +84,7 @@ class DatasetSchema:
     draws: int = 1
     encoder_stats: bool = False
     precision: str = "float64"
+    index_sets: bool = False
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -96,7 +98,7 @@ class DatasetSchema:
             value = getattr(self, f.name)
             if f.name in ("content", "latent_dim", "precision"):
                 continue
-            if f.name in ("full_labels", "encoder_stats"):
+            if f.name in ("full_labels", "encoder_stats", "index_sets"):
                 if not isinstance(value, (bool, np.bool_)):
                     raise InputError(f"schema.{f.name}: expected a bool, got {value!r}")
                 continue
@@ -133,7 +135,9 @@ class DatasetSchema:
 
     def draw_arrays(self) -> tuple[str, ...]:
         """The arrays with a draw axis (axis 1): the partial labels and what is derived from them."""
-        return ENCODED_DRAW_ARRAYS if self.content == "encoded" else DRAW_ARRAYS
+        if self.content == "encoded":
+            return ENCODED_DRAW_ARRAYS + (("idx",) if self.index_sets else ())
+        return DRAW_ARRAYS
 
     @property
     def bytes_per_frame(self) -> int:
@@ -152,7 +156,10 @@ class DatasetSchema:
     def to_dict(self) -> dict[str, Any]:
         def plain(v):
             return bool(v) if isinstance(v, (bool, np.bool_)) else v if isinstance(v, str) else int(v)
-        return {k: plain(v) for k, v in asdict(self).items()}
+        out = {k: plain(v) for k, v in asdict(self).items()}
+        if not out["index_sets"]:        # added later: absent at its default, so older stores keep their hash
+            del out["index_sets"]
+        return out
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]) -> "DatasetSchema":
@@ -163,9 +170,10 @@ class DatasetSchema:
             raise InputError(f"schema: missing field {missing[0]!r}")
         return cls(**{k: d[k] for k in names if k in d})
 
-    def encoded(self, latent_dim: int) -> "DatasetSchema":
-        """The schema of this dataset's encoding: same frames and shards, per-frame latent data."""
-        return replace(self, content="encoded", latent_dim=latent_dim, encoder_stats=True)
+    def encoded(self, latent_dim: int, index_sets: bool = False) -> "DatasetSchema":
+        """The schema of this dataset's encoding: same frames and shards, per-frame latent data (``index_sets``:
+        with the frames' index sets, for an encoding made in situ)."""
+        return replace(self, content="encoded", latent_dim=latent_dim, encoder_stats=True, index_sets=index_sets)
 
 
 DRAW_ARRAYS = ("idx", "f_partial")
@@ -194,8 +202,10 @@ def array_specs(schema: DatasetSchema) -> dict[str, ArraySpec]:
                  ("jf_est", (D, d))] + ([("kappa", ()), ("coherence", ())] if schema.encoder_stats else [])
         if schema.full_labels:
             names += [("jf", (d,)), ("lx_R", (d, d)), ("lx_y", (d,)), ("lx_r2", ())]
-        return {name: ArraySpec(name, (n, *shape), "int32" if name == "traj" else "float64",
-                                INT_FILL if name == "traj" else FLOAT_FILL) for name, shape in names}
+        if schema.index_sets:
+            names += [("idx", (D, schema.k))]
+        kinds = {"traj": ("int32", INT_FILL), "idx": ("int64", INT_FILL)}
+        return {name: ArraySpec(name, (n, *shape), *kinds.get(name, ("float64", FLOAT_FILL))) for name, shape in names}
     real = schema.precision   # the stored states and forces; times and observables stay float64
     specs = [
         ArraySpec("x", (n, schema.n_state), real, FLOAT_FILL),
