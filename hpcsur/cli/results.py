@@ -5,12 +5,17 @@ Reads ``results/*.json`` (written by ``hpcsur evaluate``) and prints one Markdow
 paper's number, the label noise and the protocol. ``--readme`` rewrites the generated blocks of that file
 (``results``: results/*.json; ``ablations``: results/ablations/*.json, where the file has that block), so
 the README's numbers always come from the files the program wrote.
+
+``hpcsur results --size-scan JOB`` instead writes the size scan of a campaign (paper Fig. 4,
+:mod:`hpcsur.ops.size_scan`): ``results/<job>.json`` and ``results/fig4.png`` from its members' reports.
 """
 
 
 def add_arguments(parser):
     parser.add_argument("files", nargs="*", help="results files (default: results/*.json)")
     parser.add_argument("--readme", help="rewrite the generated results block of this Markdown file")
+    parser.add_argument("--size-scan", metavar="JOB", help="write the size scan (Fig. 4) of this campaign job")
+    parser.add_argument("--tolerance", type=float, default=3e-3, help="--size-scan: the error to reach (3e-3)")
 
 
 def run(args):
@@ -19,6 +24,15 @@ def run(args):
     from hpcsur.errors import InputError
     from hpcsur.ops.results import BLOCKS, load_results, markdown_table, markers, update_readme
 
+    if args.size_scan:
+        from hpcsur.ops.jobspec import load_job
+        from hpcsur.ops.size_scan import write_scan
+
+        if not (args.tolerance > 0 and args.tolerance < 1):
+            raise InputError(f"--tolerance {args.tolerance!r} is out of range; allowed: 0 < tolerance < 1")
+        path, plot = write_scan(load_job(args.size_scan), tol=args.tolerance)
+        print(f"size scan: {path}\nplot: {plot}")
+        return 0
     files = args.files or sorted(str(p) for p in Path(BLOCKS["results"]).glob("*.json"))
     if not files:
         raise InputError("no results files given and none in results/ (run `hpcsur evaluate JOB` first)")

@@ -41,3 +41,10 @@ def paper_value(system: str, loss: str, p: float, equivalent_data: int, model: s
 def paper_notes(system: str) -> Optional[str]:
     """What the paper's numbers for ``system`` leave out or do differently, or None."""
     return registry.get(system).published_notes or None
+
+
+#: Fig. 4: force computations (configurations x atoms with forces) the paper needed to reach e_tol = 3e-3 with
+#: OnsagerNet, by system size (atoms); hard-coded in the reference's plot.ipynb; L_x,p labels 50 atoms a frame.
+FIG4_TOLERANCE = 3e-3
+FIG4 = {800: {"lz": 1500 * 800, "lxp": 2250 * 50}, 2700: {"lz": 750 * 2700, "lxp": 1750 * 50},
+        6400: {"lz": 750 * 6400, "lxp": 2000 * 50}, 21600: {"lz": 500 * 21600, "lxp": 1250 * 50}}

@@ -38,8 +38,9 @@ class Estimate:
     ranks: int
 
     def lines(self) -> list[str]:
-        return [f"store: {self.frames:,} frames x {self.bytes_per_frame:,} B = {human(self.store_bytes)} "
-                f"(+ encoding {human(self.encoded_bytes)}) before compression, the most it can take",
+        encoding = f" (+ encoding {human(self.encoded_bytes)})" if self.encoded_bytes else ""
+        return [f"store: {self.frames:,} frames x {self.bytes_per_frame:,} B = {human(self.store_bytes)}{encoding} "
+                "before compression, the most it can take",
                 f"memory: {human(self.memory_per_rank)} per rank",
                 f"generate: about {duration(self.generate_seconds)} on {self.ranks} rank(s) "
                 "(rates measured on a 2-vCPU VM)"]

@@ -1,0 +1,130 @@
+"""The size scan (paper Fig. 4): force computations needed to reach an error tolerance, per system size and loss.
+
+Each member of a size-scan campaign (``jobs/lj_scan.toml``: one system size per member) is evaluated like any job;
+its ``report.json`` gives, per (loss, training size), the test error ``e_abs`` over seeds. The force computations
+of a training set are its frames times the atoms (blocks) whose forces each frame needs: all n for L_z, k = p n
+for L_x,p -- the paper's "configurations x atoms". The computations needed to reach ``e_tol`` are read off each
+curve two ways:
+
+* ``first_below``: the smallest training set whose mean error is below e_tol (the paper's reading of its runs);
+* ``interpolated``: log-log interpolation between the last set above e_tol and the first below it.
+
+Either is None when no training set of the scan reaches e_tol. ``hpcsur results --size-scan JOB`` writes
+``results/<job>.json`` and ``results/fig4.png`` from the members' reports.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from hpcsur.errors import InputError
+from hpcsur.ops.jobspec import JobSpec, state_layout
+from hpcsur.ops.paper import FIG4, FIG4_TOLERANCE
+from hpcsur.parallel.sampling import n_chosen
+
+
+def crossing(points: list[tuple[float, float]], tol: float) -> dict:
+    """Force computations needed to reach ``tol`` on the curve ``points`` = [(computations, mean error)]."""
+    pts = sorted(points)
+    first = next((i for i, (_, e) in enumerate(pts) if e < tol), None)
+    if first is None:
+        return {"first_below": None, "interpolated": None}
+    out = {"first_below": pts[first][0], "interpolated": pts[first][0]}
+    if first > 0:
+        (c0, e0), (c1, e1) = pts[first - 1], pts[first]
+        if e0 > tol and c1 > c0:
+            s = (math.log(tol) - math.log(e0)) / (math.log(e1) - math.log(e0))
+            out["interpolated"] = math.exp(math.log(c0) + s * (math.log(c1) - math.log(c0)))
+    return out
+
+
+def labelled_blocks(spec: JobSpec, loss: str) -> int:
+    """Atoms (blocks) with computed forces per frame for ``loss``: all of them for L_z / L_x, k = p n for L_x,p."""
+    _, n = state_layout(spec)
+    return n_chosen(spec.labels.p, n) if loss == "lxp" else n
+
+
+def member_curves(spec: JobSpec, report: dict) -> dict[str, list[dict]]:
+    """Per loss, the points (training size, force computations, error over seeds) of one member's report."""
+    curves: dict[str, list[dict]] = {}
+    for row in report["rows"]:
+        per_frame = labelled_blocks(spec, row["loss"])
+        curves.setdefault(row["loss"], []).append({
+            "equivalent_data": row["equivalent_data"], "train_frames": row["train_frames"],
+            "force_computations": row["train_frames"] * per_frame, "e_abs": row["e_abs"]})
+    for points in curves.values():
+        points.sort(key=lambda p: p["force_computations"])
+    return curves
+
+
+def scan_results(spec: JobSpec, tol: float = FIG4_TOLERANCE) -> dict:
+    """The scan of a campaign: per member (system size) its curves and crossings, next to the paper's."""
+    from hpcsur.ops.campaign.members import plan_members
+    from hpcsur.provenance import stamp
+
+    sizes = []
+    for member in plan_members(spec):
+        _, n = state_layout(member.spec)
+        report_path = Path(member.run_dir) / "report.json"
+        entry = {"member": member.index, "job": member.name, "blocks": n, "p": member.spec.labels.p,
+                 "report": str(report_path), "paper": FIG4.get(n)}
+        if not report_path.is_file():
+            sizes.append({**entry, "status": "not evaluated"})
+            continue
+        curves = member_curves(member.spec, json.loads(report_path.read_text()))
+        needed = {loss: crossing([(p["force_computations"], p["e_abs"]["mean"]) for p in pts], tol)
+                  for loss, pts in curves.items()}
+        sizes.append({**entry, "status": "evaluated", "curves": curves, "needed": needed})
+    if not any(s["status"] == "evaluated" for s in sizes):
+        raise InputError(f"{spec.source}: no member of the scan is evaluated yet (no report.json in "
+                         f"{', '.join(s['report'] for s in sizes)}); run the campaign first")
+    return {"job": spec.name, "spec": spec.source, "spec_hash": spec.spec_hash(), "code": stamp(),
+            "tolerance": tol, "metric": "e_abs (the reference code's metric), mean over seeds",
+            "force_computations": "training frames x atoms with forces per frame (n for lz, k = p n for lxp)",
+            "sizes": sizes}
+
+
+def plot_fig4(path: Path, scan: dict) -> None:
+    """Left: error vs force computations per size and loss; right: computations needed vs size (ours, paper)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    styles = {"lz": "o-", "lx": "s-", "lxp": "^-"}
+    done = [s for s in scan["sizes"] if s["status"] == "evaluated"]
+    for s in done:
+        for loss, pts in s["curves"].items():
+            left.errorbar([p["force_computations"] for p in pts], [p["e_abs"]["mean"] for p in pts],
+                          yerr=[p["e_abs"]["std"] for p in pts], fmt=styles.get(loss, "o-"), ms=4, capsize=2,
+                          label=f"{loss}, {s['blocks']} atoms")
+    left.axhline(scan["tolerance"], color="k", lw=0.8, ls=":")
+    left.set(xscale="log", yscale="log", xlabel="force computations (frames x atoms)", ylabel="test error e_abs")
+    left.legend(fontsize=7)
+    for loss, colour in (("lz", "C0"), ("lxp", "C1")):
+        ours = [(s["blocks"], s["needed"].get(loss, {}).get("first_below")) for s in done]
+        ours = [(n, c) for n, c in ours if c]
+        if ours:
+            right.plot(*zip(*ours), "o-", color=colour, label=f"{loss} (hpcsur)")
+        paper = sorted((n, v[loss]) for n, v in FIG4.items())
+        right.plot(*zip(*paper), "x--", color=colour, alpha=0.6, label=f"{loss} (paper)")
+    right.set(xscale="log", yscale="log", xlabel="atoms", ylabel=f"force computations to e < {scan['tolerance']:g}")
+    right.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def write_scan(spec: JobSpec, folder: str = "results", tol: float = FIG4_TOLERANCE) -> tuple[Path, Path]:
+    """Write ``<folder>/<job>.json`` and ``<folder>/fig4.png``."""
+    from hpcsur.learn.evaluate import write_report
+
+    scan = scan_results(spec, tol)
+    out = Path(folder)
+    out.mkdir(parents=True, exist_ok=True)
+    path, plot = out / f"{spec.name}.json", out / "fig4.png"
+    plot_fig4(plot, scan)
+    scan["plot"] = plot.name
+    write_report(path, scan)
+    return path, plot
