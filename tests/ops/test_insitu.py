@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from hpcsur.store import info, open_dataset, verify
+from test_generate import _rank_pids
 
 BIN = Path(sys.executable).parent
 MPIEXEC = str(BIN / "mpiexec")
@@ -107,20 +108,6 @@ def test_in_situ_store_equals_generate_then_encode_and_holds_no_states(jobs):
     attrs, home_attrs = open_dataset(root / "insitu_store").attrs, open_dataset(root / "home_run" / "encoded").attrs
     assert attrs["autoencoder"] == home_attrs["autoencoder"] and attrs["source"] == "in situ"
     assert verify(str(root / "insitu_store")).ok
-
-
-def _rank_pids(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            argv = (entry / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if marker.encode() in argv and not any(a.endswith(b"mpiexec") or b"hydra" in a for a in argv[:1]):
-            pids.append(int(entry.name))
-    return pids
 
 
 @pytest.mark.mpi
