@@ -114,15 +114,15 @@ class ClosureAutoencoder(nn.Module):
         """d phi* / d x, shape (B, n_obs, N) (reverse mode, one pass per observable)."""
         return vmap(jacrev(self.observable))(x)
 
-    def closure_factors(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def closure_factors(self, x: torch.Tensor, w: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor] | None:
         """(A, W) with d phi_hat / d x = A W per frame, by the chain rule through the encoder MLP
         phi_hat = W_L f(... f(W_1 (x - mu) / sigma + b_1) ...) + b_L:
 
             A = W_L D_(L-1) W_(L-1) ... W_2 D_1   (B, d - n_obs, h_1),   D_i = diag(f'(a_i)),
             W = W_1 diag(1 / sigma)                (h_1, N), the same for every frame.
 
-        Everything per frame is h-dimensional; N enters only through W. None for an activation without a
-        closed-form slope (:data:`hpcsur.learn.nets.SLOPES`)."""
+        Everything per frame is h-dimensional; N enters only through W (pass ``w``, a W computed before, to skip
+        forming it again). None for an activation without a closed-form slope (:data:`hpcsur.learn.nets.SLOPES`)."""
         layers = [m for m in self.encoder_net if isinstance(m, nn.Linear)]
         if self.shape.activation not in SLOPES or len(layers) < 2:
             return None
@@ -133,7 +133,7 @@ class ClosureAutoencoder(nn.Module):
         a = layers[-1].weight.expand(x.shape[0], -1, -1)
         for layer, slope in zip(reversed(layers[1:-1]), reversed(slopes[1:])):
             a = (a * slope.unsqueeze(-2)) @ layer.weight
-        return a * slopes[0].unsqueeze(-2), layers[0].weight / self.x_std
+        return a * slopes[0].unsqueeze(-2), layers[0].weight / self.x_std if w is None else w
 
     def jacobian(self, x: torch.Tensor) -> torch.Tensor:
         """J = d phi / d x for a batch, shape (B, d, N): the observable's rows in reverse mode, the closure rows

@@ -27,8 +27,7 @@ from hpcsur import store as zstore
 from hpcsur.errors import InputError
 from hpcsur.learn.autoencoder import ClosureAutoencoder
 from hpcsur.learn.data import store_cuts
-from hpcsur.learn.losses import (RankDeficientJacobian, check_rank, coherence, full_triple, partial_pinv_rows,
-                                 residual_triple)
+from hpcsur.learn.losses import RankDeficientJacobian, check_rank, jf_triple, residual_triple
 from hpcsur.log import Progress
 from hpcsur.systems.base import Layout
 
@@ -43,8 +42,87 @@ def layout_of(attrs: dict) -> Layout:
     return Layout(int(lay["block_size"]), int(lay["n_blocks"]), tuple(lay["fields"]))
 
 
+class DenseJacobian:
+    """J (B, d, N) held as a matrix: the reference for :class:`FactoredJacobian` (any encoder)."""
+
+    def __init__(self, j: torch.Tensor):
+        self.j = j
+
+    def gram(self) -> torch.Tensor:
+        return self.j @ self.j.transpose(-1, -2)
+
+    def columns(self, cols: torch.Tensor) -> torch.Tensor:
+        """J's columns ``cols`` (B, q) of each frame, (B, d, q)."""
+        return torch.gather(self.j, -1, cols.unsqueeze(-2).expand(*self.j.shape[:-1], cols.shape[-1]))
+
+    def matvec(self, f: torch.Tensor) -> torch.Tensor:
+        """J f per frame, (B, d)."""
+        return (self.j @ f.unsqueeze(-1)).squeeze(-1)
+
+    def leverage(self, chol: torch.Tensor) -> torch.Tensor:
+        """l_c = |(C^{-1} J)_c|^2 with C C^T = J J^T (:func:`hpcsur.learn.losses.leverage_scores`), (B, N)."""
+        q = torch.linalg.solve_triangular(chol, self.j, upper=False)
+        return (q * q).sum(-2)
+
+
+class FactoredJacobian:
+    """J = [grad phi*; A W] of a batch without forming it (:meth:`ClosureAutoencoder.closure_factors`): A (B, d - n_obs,
+    h) per frame, W = W_1 / sigma (h, N) and W W^T shared by every frame of the frozen encoder. Per frame the Gram
+    matrix costs O(d h^2 + n_obs h N), J's columns at I O(d h |I|), J f O(h N); only :meth:`whitened` (the leverage
+    scores) costs O(d h N), the price of one J, in cache-sized blocks."""
+
+    def __init__(self, j_obs: torch.Tensor, a: torch.Tensor, w: torch.Tensor, wwt: torch.Tensor):
+        self.j_obs, self.a, self.w, self.wwt = j_obs, a, w, wwt
+
+    def gram(self) -> torch.Tensor:
+        jo, a = self.j_obs, self.a
+        closure = a @ self.wwt @ a.transpose(-1, -2)
+        cross = a @ (self.w @ jo.transpose(-1, -2))                              # (B, d - n_obs, n_obs)
+        top = torch.cat([jo @ jo.transpose(-1, -2), cross.transpose(-1, -2)], dim=-1)
+        return torch.cat([top, torch.cat([cross, closure], dim=-1)], dim=-2)
+
+    def columns(self, cols: torch.Tensor) -> torch.Tensor:
+        jo = torch.gather(self.j_obs, -1, cols.unsqueeze(-2).expand(*self.j_obs.shape[:-1], cols.shape[-1]))
+        w_cols = self.w.transpose(0, 1)[cols]                                      # (B, q, h)
+        return torch.cat([jo, self.a @ w_cols.transpose(-1, -2)], dim=-2)
+
+    def matvec(self, f: torch.Tensor) -> torch.Tensor:
+        obs = (self.j_obs @ f.unsqueeze(-1)).squeeze(-1)
+        return torch.cat([obs, (self.a @ (f @ self.w.transpose(0, 1)).unsqueeze(-1)).squeeze(-1)], dim=-1)
+
+    def leverage(self, chol: torch.Tensor, block: int = 8192) -> torch.Tensor:
+        """l_c = |(C^{-1} J)_c|^2 = |B1 grad phi*_c + B2 W_c|^2 with B1 = the observables' columns of C^{-1} and
+        B2 = (its closure columns) A, in blocks of ``block`` coordinates (the d x N product is never held), (B, N)."""
+        k = self.j_obs.shape[-2]
+        eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device).expand_as(chol)
+        c_inv = torch.linalg.solve_triangular(chol, eye, upper=False)            # (B, d, d)
+        b1, b2 = c_inv[..., :k], c_inv[..., k:] @ self.a                           # (B, d, k), (B, d, h)
+        n = self.w.shape[-1]
+        out = self.w.new_empty(self.a.shape[0], n)
+        for c0 in range(0, n, block):
+            c1 = min(c0 + block, n)
+            q = b1 @ self.j_obs[..., c0:c1] + b2 @ self.w[:, c0:c1]
+            out[:, c0:c1] = (q * q).sum(-2)
+        return out
+
+
+def jacobian_of(ae: ClosureAutoencoder, x: torch.Tensor, shared: dict, factored: bool = True):
+    """J of a batch: factored where the encoder allows it (W and W W^T computed once per call, in ``shared``),
+    else dense."""
+    with torch.enable_grad():
+        factors = ae.closure_factors(x, shared.get("w")) if factored else None
+        if factors is None:
+            return DenseJacobian(ae.jacobian(x).detach())
+        a, w = factors
+        if "w" not in shared:
+            shared["w"] = w.detach()
+            shared["wwt"] = (shared["w"] @ shared["w"].transpose(0, 1)).detach()
+        return FactoredJacobian(ae.observable_jacobian(x).detach(), a.detach(), shared["w"], shared["wwt"])
+
+
 def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.ndarray, f_partial: np.ndarray,
-                 f_full: np.ndarray | None = None, right_inverse: str = "pinv") -> dict[str, np.ndarray]:
+                 f_full: np.ndarray | None = None, right_inverse: str = "pinv",
+                 factored: bool = True) -> dict[str, np.ndarray]:
     """The encoded arrays of a block of frames (float64 throughout). ``idx`` is (frames, draws, k),
     ``f_partial`` (frames, draws, k, m); the partial-label outputs keep the draw axis.
 
@@ -53,7 +131,10 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
     J^+ = J^T (J J^T)^{-1} of the paper, or ``decoder``, the decoder's Jacobian psi'(phi(x)) -- also a
     right inverse of J wherever phi(psi(z)) = z, and one whose columns span the data manifold's
     tangent space, in which the dynamics moves (``hpcsur diagnose`` measures how much of f each
-    leaves outside; that residual is what makes partial labels noisy)."""
+    leaves outside; that residual is what makes partial labels noisy).
+
+    J is never formed where the encoder factors (:class:`FactoredJacobian`, ``factored``): J J^T, J's columns at
+    I and J f come from A and W, and only the leverage scores cost one J's worth of arithmetic."""
     frames, n_state = x.shape
     d = ae.shape.latent_dim
     draws, k = idx.shape[1:]
@@ -62,14 +143,14 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
     out = {name: [] for name in ("z", "lxp_R", "lxp_y", "lxp_r2", "jf_est", "kappa", "coherence")}
     if f_full is not None:
         out.update({name: [] for name in ("jf", "lx_R", "lx_y", "lx_r2")})
+    shared: dict = {}
     with torch.no_grad():
         for a in range(0, frames, chunk):
             b = min(a + chunk, frames)
             xt = torch.from_numpy(np.ascontiguousarray(x[a:b], dtype=np.float64))
             z = ae.encode(xt)
-            with torch.enable_grad():
-                j = ae.jacobian(xt).detach()
-            gram = j @ j.transpose(-1, -2)
+            jac = jacobian_of(ae, xt, shared, factored)
+            gram = jac.gram()
             try:
                 kappa = check_rank(gram)     # cond(J J^T); names a rank-deficient frame
             except RankDeficientJacobian as err:
@@ -81,23 +162,22 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
             for draw in range(draws):
                 cols = torch.from_numpy(np.stack([layout.coordinates(i).reshape(-1) for i in idx[a:b, draw]]))
                 f_i = torch.from_numpy(np.ascontiguousarray(f_partial[a:b, draw], dtype=np.float64).reshape(b - a, -1))
-                rows = (partial_pinv_rows(j, cols, chol) if tangent is None
+                j_i = jac.columns(cols)                                                  # (B, d, km)
+                rows = (torch.cholesky_solve(j_i, chol).transpose(-1, -2) if tangent is None   # (J^+)_I
                         else torch.gather(tangent, -2, cols.unsqueeze(-1).expand(b - a, cols.shape[-1], d)))
                 r, y, r2 = residual_triple(rows, f_i)
-                j_i = torch.gather(j, -1, cols.unsqueeze(-2).expand(b - a, d, cols.shape[-1]))
                 for name, value in (("lxp_R", r), ("lxp_y", y), ("lxp_r2", r2),
                                     ("jf_est", scale * (j_i @ f_i.unsqueeze(-1)).squeeze(-1))):
                     per_draw[name].append(value)
             out["z"].append(z)
             out["kappa"].append(kappa)
-            out["coherence"].append(coherence(j, chol))
+            out["coherence"].append(jac.leverage(chol).amax(-1) * (n_state / d))      # (N/d) max_c l_c
             for name, values in per_draw.items():
                 out[name].append(torch.stack(values, dim=1))
             if f_full is not None:
                 f = torch.from_numpy(np.ascontiguousarray(f_full[a:b], dtype=np.float64))
-                r_x, y_x, r2_x, jf = full_triple(j, f, chol)
-                if tangent is not None:
-                    r_x, y_x, r2_x = residual_triple(tangent, f)
+                jf = jac.matvec(f)
+                r_x, y_x, r2_x = (jf_triple(jf, f, chol) if tangent is None else residual_triple(tangent, f))
                 out["jf"].append(jf)
                 out["lx_R"].append(r_x)
                 out["lx_y"].append(y_x)

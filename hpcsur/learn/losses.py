@@ -128,12 +128,17 @@ def residual_triple(p_rows: torch.Tensor, f_rows: torch.Tensor) -> tuple[torch.T
 def full_triple(j: torch.Tensor, f: torch.Tensor, chol: torch.Tensor | None = None):
     """(R, y, r2) of L_x: R = C^{-1}, y = C^{-1} J f, r2 = ||f||^2 - |y|^2 (also returns J f)."""
     chol = gram_cholesky(j) if chol is None else chol
-    eye = torch.eye(j.shape[-2], dtype=j.dtype, device=j.device).expand_as(chol)
-    r = torch.linalg.solve_triangular(chol, eye, upper=False)
     jf = (j @ f.unsqueeze(-1)).squeeze(-1)
+    return (*jf_triple(jf, f, chol), jf)
+
+
+def jf_triple(jf: torch.Tensor, f: torch.Tensor, chol: torch.Tensor):
+    """:func:`full_triple` from J f and the Cholesky factor C of J J^T (J itself not needed)."""
+    eye = torch.eye(chol.shape[-1], dtype=chol.dtype, device=chol.device).expand_as(chol)
+    r = torch.linalg.solve_triangular(chol, eye, upper=False)
     y = (r @ jf.unsqueeze(-1)).squeeze(-1)
     r2 = ((f * f).sum(-1) - (y * y).sum(-1)).clamp_min(0.0)
-    return r, y, r2, jf
+    return r, y, r2
 
 
 def residual_loss(g: torch.Tensor, r: torch.Tensor, y: torch.Tensor, r2: torch.Tensor | None,

@@ -8,7 +8,7 @@ import torch
 from conftest import HPCSUR, MPIEXEC, write_job
 from hpcsur import store as zstore
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder
-from hpcsur.learn.encode import encode_block
+from hpcsur.learn.encode import encode_block, jacobian_of
 from hpcsur.systems.predator_prey import spatial_means
 from hpcsur.systems.base import Layout
 
@@ -43,6 +43,36 @@ def test_encode_block_matches_explicit_pseudo_inverses():
             j_i = j.numpy()[i][:, cols]
             assert np.allclose(out["jf_est"][i, a], (n_cells / k) * j_i @ f_full[i][cols], atol=1e-12)
     assert not np.allclose(out["lxp_y"][:, 0], out["lxp_y"][:, 1])
+
+
+@pytest.mark.parametrize("activation,right_inverse", [("tanh", "pinv"), ("softplus", "pinv"), ("tanh", "decoder")])
+def test_factored_jacobian_gives_the_arrays_of_the_dense_one(activation, right_inverse):
+    """encode_block with J never formed (J J^T = A (W W^T) A^T + observable rows, J's columns at I, J f, the
+    leverage from C^-1 [grad phi*; A W]) equals encode_block on the dense J, array by array, every draw, with full
+    labels, for two encoder depths."""
+    torch.manual_seed(3)
+    n_cells, k, draws = 7, 3, 2
+    layout = Layout(2, n_cells, ("u", "v"))
+    rng = np.random.default_rng(4)
+    x = rng.uniform(0.2, 0.8, size=(6, 14))
+    f_full = rng.standard_normal((6, 14))
+    idx = np.sort(np.stack([[rng.choice(n_cells, k, replace=False) for _ in range(draws)] for _ in range(6)]), axis=2)
+    f_partial = np.stack([[f_full[i][layout.coordinates(idx[i, a])] for a in range(draws)] for i in range(6)])
+    for hidden in ((8,), (8, 6)):
+        ae = ClosureAutoencoder(AutoencoderShape(14, 2, 5, hidden, activation),
+                                spatial_means({"n": n_cells}, {})).double()
+        ae.set_normalisation(x.mean(0), x.std(0) + 0.1, np.zeros(2), np.ones(2))
+        assert ae.closure_factors(torch.from_numpy(x)) is not None
+        dense = encode_block(ae, layout, x, idx, f_partial, f_full, right_inverse, factored=False)
+        fact = encode_block(ae, layout, x, idx, f_partial, f_full, right_inverse, factored=True)
+        assert set(dense) == set(fact)
+        for name in dense:
+            np.testing.assert_allclose(fact[name], dense[name], rtol=1e-9, atol=1e-11, err_msg=f"{hidden} {name}")
+        xt = torch.from_numpy(x)
+        with torch.no_grad():
+            f_jac, d_jac = jacobian_of(ae, xt, {}), jacobian_of(ae, xt, {}, factored=False)
+            chol = torch.linalg.cholesky(d_jac.gram())
+            np.testing.assert_allclose(f_jac.leverage(chol, block=3), d_jac.leverage(chol), rtol=1e-10, atol=1e-13)
 
 
 def test_an_observable_scale_multiplies_z_star_and_leaves_the_microscopic_losses_alone():
