@@ -196,6 +196,27 @@ def _rank_pids(marker: str) -> list[int]:
     return pids
 
 
+def kill_a_rank_after_the_first_shard(cmd: list[str], out: Path, timeout: float = 180) -> int:
+    """Start ``cmd`` (an mpiexec generate writing ``out``), SIGKILL one rank as soon as a shard is complete;
+    returns the launcher's exit code."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + timeout
+        while not list((out / "progress").glob("shard-*.json")):
+            assert proc.poll() is None, "run ended before any shard was written"
+            assert time.monotonic() < deadline, f"no shard written within {timeout:.0f} s"
+            time.sleep(0.01)
+        pids = _rank_pids(str(out))
+        assert pids, "no rank process found"
+        os.kill(max(pids), signal.SIGKILL)
+        proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    return proc.returncode
+
+
 def _check_complete(path, n_frames):
     summary = info(path)
     assert summary["completeness"] == 1.0 and summary["consolidated"]
@@ -209,23 +230,9 @@ def test_resume_after_kill9_is_bit_identical(refs, tmp_path):
     job = write_job(tmp_path, "pp", pp_job())
     out = tmp_path / "killed-store-unique"
     cmd = [MPIEXEC, "-n", "2", HPCSUR, "generate", str(job), "--output", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 120
-        while not list((out / "progress").glob("shard-*.json")):
-            assert proc.poll() is None, "run ended before any shard was written"
-            assert time.monotonic() < deadline, "no shard written within 120 s"
-            time.sleep(0.02)
-        pids = _rank_pids(str(out))
-        assert pids, "no rank process found"
-        os.kill(max(pids), signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    returncode = kill_a_rank_after_the_first_shard(cmd, out)
     done_before = len(list((out / "progress").glob("shard-*.json")))
-    assert proc.returncode != 0
+    assert returncode != 0
     assert 1 <= done_before < 12, "the kill came too late to test resume"
     generate(job, out, 2, "--resume")
     assert_identical(refs["pp"], out, "resumed after kill -9")

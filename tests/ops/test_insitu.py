@@ -1,18 +1,15 @@
 """In-situ encoding ([insitu]): generate encodes every frame with another job's frozen autoencoder and stores no
 states. Its arrays equal generate -> encode on the same frames, kill -9 mid-run then resume gives the same store,
 the latent stages run on it, and bad set-ups are one line."""
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from hpcsur.store import info, open_dataset, verify
-from test_generate import _rank_pids
+from test_generate import kill_a_rank_after_the_first_shard
 
 BIN = Path(sys.executable).parent
 MPIEXEC = str(BIN / "mpiexec")
@@ -118,21 +115,9 @@ def test_kill9_mid_run_then_resume_gives_the_same_store(jobs, tmp_path):
         assert cli("generate", insitu, "--no-progress", mpi=2).returncode == 0
     out = tmp_path / "killed-insitu-store"
     cmd = [MPIEXEC, "-n", "2", HPCSUR, "generate", str(insitu), "--output", str(out), "--no-progress"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.monotonic() + 180
-        while not list((out / "progress").glob("shard-*.json")):
-            assert proc.poll() is None, "run ended before any shard was written"
-            assert time.monotonic() < deadline, "no shard written within 180 s"
-            time.sleep(0.01)
-        os.kill(max(_rank_pids(str(out))), signal.SIGKILL)
-        proc.communicate(timeout=60)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.communicate()
+    returncode = kill_a_rank_after_the_first_shard(cmd, out)
     done_before = len(list((out / "progress").glob("shard-*.json")))
-    assert proc.returncode != 0 and 1 <= done_before < 32, done_before
+    assert returncode != 0 and 1 <= done_before < 32, done_before
     res = cli("generate", insitu, "--output", out, "--no-progress", "--resume", mpi=2)
     assert res.returncode == 0, res.stderr
     a, b = arrays(reference), arrays(out)
