@@ -155,16 +155,21 @@ class ClosureAutoencoder(nn.Module):
             j = j[:, self.shape.n_obs:] if rows == "closure" else j
             return j @ j.transpose(-1, -2)
         a, w = factors
-        closure = a @ (w @ w.T) @ a.transpose(-1, -2)
         if rows == "closure":
-            return closure
-        j_obs = self.observable_jacobian(x)
-        cross = a @ (w @ j_obs.transpose(-1, -2))                                  # (B, d - n_obs, n_obs)
-        top = torch.cat([j_obs @ j_obs.transpose(-1, -2), cross.transpose(-1, -2)], dim=-1)
-        return torch.cat([top, torch.cat([cross, closure], dim=-1)], dim=-2)
+            return a @ (w @ w.T) @ a.transpose(-1, -2)
+        return factored_gram(self.observable_jacobian(x), a, w, w @ w.T)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.decode(self.encode(x))
+
+
+def factored_gram(j_obs: torch.Tensor, a: torch.Tensor, w: torch.Tensor, wwt: torch.Tensor) -> torch.Tensor:
+    """J J^T of J = [grad phi*; A W] (B, d, d) from j_obs (B, n_obs, N), A (B, d - n_obs, h), W (h, N) and W W^T:
+    closure block A (W W^T) A^T, cross block A (W grad phi*^T), observable block grad phi* grad phi*^T."""
+    closure = a @ wwt @ a.transpose(-1, -2)
+    cross = a @ (w @ j_obs.transpose(-1, -2))                                      # (B, d - n_obs, n_obs)
+    top = torch.cat([j_obs @ j_obs.transpose(-1, -2), cross.transpose(-1, -2)], dim=-1)
+    return torch.cat([top, torch.cat([cross, closure], dim=-1)], dim=-2)
 
 
 def condition_number(j: torch.Tensor, eps: float = 1e-30) -> torch.Tensor:

@@ -25,9 +25,9 @@ from torch.func import jacfwd, vmap
 
 from hpcsur import store as zstore
 from hpcsur.errors import InputError
-from hpcsur.learn.autoencoder import ClosureAutoencoder
+from hpcsur.learn.autoencoder import ClosureAutoencoder, factored_gram
 from hpcsur.learn.data import store_cuts
-from hpcsur.learn.losses import RankDeficientJacobian, check_rank, jf_triple, residual_triple
+from hpcsur.learn.losses import RankDeficientJacobian, check_rank, jf_triple, leverage_scores, pinv_rows, residual_triple
 from hpcsur.log import Progress
 from hpcsur.systems.base import Layout
 
@@ -61,25 +61,20 @@ class DenseJacobian:
 
     def leverage(self, chol: torch.Tensor) -> torch.Tensor:
         """l_c = |(C^{-1} J)_c|^2 with C C^T = J J^T (:func:`hpcsur.learn.losses.leverage_scores`), (B, N)."""
-        q = torch.linalg.solve_triangular(chol, self.j, upper=False)
-        return (q * q).sum(-2)
+        return leverage_scores(self.j, chol)
 
 
 class FactoredJacobian:
     """J = [grad phi*; A W] of a batch without forming it (:meth:`ClosureAutoencoder.closure_factors`): A (B, d - n_obs,
     h) per frame, W = W_1 / sigma (h, N) and W W^T shared by every frame of the frozen encoder. Per frame the Gram
-    matrix costs O(d h^2 + n_obs h N), J's columns at I O(d h |I|), J f O(h N); only :meth:`whitened` (the leverage
+    matrix costs O(d h^2 + n_obs h N), J's columns at I O(d h |I|), J f O(h N); only :meth:`leverage` (the leverage
     scores) costs O(d h N), the price of one J, in cache-sized blocks."""
 
     def __init__(self, j_obs: torch.Tensor, a: torch.Tensor, w: torch.Tensor, wwt: torch.Tensor):
         self.j_obs, self.a, self.w, self.wwt = j_obs, a, w, wwt
 
     def gram(self) -> torch.Tensor:
-        jo, a = self.j_obs, self.a
-        closure = a @ self.wwt @ a.transpose(-1, -2)
-        cross = a @ (self.w @ jo.transpose(-1, -2))                              # (B, d - n_obs, n_obs)
-        top = torch.cat([jo @ jo.transpose(-1, -2), cross.transpose(-1, -2)], dim=-1)
-        return torch.cat([top, torch.cat([cross, closure], dim=-1)], dim=-2)
+        return factored_gram(self.j_obs, self.a, self.w, self.wwt)
 
     def columns(self, cols: torch.Tensor) -> torch.Tensor:
         jo = torch.gather(self.j_obs, -1, cols.unsqueeze(-2).expand(*self.j_obs.shape[:-1], cols.shape[-1]))
@@ -163,7 +158,7 @@ def encode_block(ae: ClosureAutoencoder, layout: Layout, x: np.ndarray, idx: np.
                 cols = torch.from_numpy(np.stack([layout.coordinates(i).reshape(-1) for i in idx[a:b, draw]]))
                 f_i = torch.from_numpy(np.ascontiguousarray(f_partial[a:b, draw], dtype=np.float64).reshape(b - a, -1))
                 j_i = jac.columns(cols)                                                  # (B, d, km)
-                rows = (torch.cholesky_solve(j_i, chol).transpose(-1, -2) if tangent is None   # (J^+)_I
+                rows = (pinv_rows(j_i, chol) if tangent is None                         # (J^+)_I
                         else torch.gather(tangent, -2, cols.unsqueeze(-1).expand(b - a, cols.shape[-1], d)))
                 r, y, r2 = residual_triple(rows, f_i)
                 for name, value in (("lxp_R", r), ("lxp_y", y), ("lxp_r2", r2),

@@ -88,7 +88,11 @@ def partial_pinv_rows(j: torch.Tensor, cols: torch.Tensor, chol: torch.Tensor | 
     (or nothing if ``chol`` is given) plus O(km d^2); the N x d pseudo-inverse is never formed.
     """
     chol = gram_cholesky(j) if chol is None else chol
-    j_cols = torch.gather(j, -1, cols.unsqueeze(-2).expand(*j.shape[:-1], cols.shape[-1]))
+    return pinv_rows(torch.gather(j, -1, cols.unsqueeze(-2).expand(*j.shape[:-1], cols.shape[-1])), chol)
+
+
+def pinv_rows(j_cols: torch.Tensor, chol: torch.Tensor) -> torch.Tensor:
+    """:func:`partial_pinv_rows` from J's columns J_I (..., d, km) and the Cholesky factor C of J J^T."""
     return torch.cholesky_solve(j_cols, chol).transpose(-1, -2)
 
 

@@ -206,8 +206,9 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
     if spec.insitu is not None:
         from hpcsur.ops.insitu import InSituEncoder
 
-        _rank0_check(comm, lambda: InSituEncoder.for_job(spec, system.layout) and None)   # one line if unusable
-        encoder = InSituEncoder.for_job(spec, system.layout)
+        encoder = _rank0_check(comm, lambda: InSituEncoder.for_job(spec, system.layout))   # one line if unusable
+        if rank != 0:
+            encoder = InSituEncoder.for_job(spec, system.layout)
     lock, plan = prepare_store(spec, system, plan, comm, resume, encoder)
     comm.Barrier()
     path = spec.store.path
