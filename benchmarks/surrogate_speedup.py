@@ -36,7 +36,7 @@ from hpcsur.measure import emit
 
 ROOT = Path(__file__).resolve().parents[1]
 JOBS = {"predator_prey": "jobs/predator_prey_paper.toml", "allen_cahn": "jobs/allen_cahn.toml",
-        "lennard_jones": "jobs/lj_800.toml", "lennard_jones_51200": "jobs/lj_51200.toml"}
+        "lennard_jones": "jobs/lj_800.toml", "lennard_jones_51200": "jobs/lj_51200_subset.toml"}
 DEFAULT_SYSTEMS = ["predator_prey", "allen_cahn", "lennard_jones"]
 
 

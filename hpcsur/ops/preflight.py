@@ -23,8 +23,11 @@ from hpcsur.systems import registry
 # memory per block come from its registry entry (SystemKind.step_cost, .work_bytes_per_block), measured
 # here: LJ kernel 4.9e-7 s/atom-step + rebuilds 1.8e-6 s/atom x 0.13 per step (scaling_2026-12-01.json);
 # Allen-Cahn RK4 6.4e-9 s/point-step (same file); Predator-Prey ~4e-5 s per Euler step of 50 cells
-# (the paper-scale generate: 480,000 frames x 10 steps in 135 s on 2 ranks)
+# (the paper-scale generate: 480,000 frames x 10 steps in 135 s on 2 ranks). A full-force label costs about one
+# step. In-situ encoding (factored Jacobian) costs about ENCODE_COST s per coordinate and first-layer unit a frame:
+# LJ-51200 at hidden [64] encodes in 0.14 s a frame (307,200 x 64 x 7.1e-9 s).
 GiB = 2 ** 30
+ENCODE_COST = 7.1e-9
 
 
 @dataclass(frozen=True)
@@ -34,16 +37,18 @@ class Estimate:
     store_bytes: int
     encoded_bytes: int
     memory_per_rank: int
-    generate_seconds: float
+    generate_seconds: float        # simulation, full labels and (in situ) encoding together
     ranks: int
+    encode_seconds: float = 0.0    # the in-situ encoding's share of generate_seconds
 
     def lines(self) -> list[str]:
         encoding = f" (+ encoding {human(self.encoded_bytes)})" if self.encoded_bytes else ""
         return [f"store: {self.frames:,} frames x {self.bytes_per_frame:,} B = {human(self.store_bytes)}{encoding} "
                 "before compression, the most it can take",
                 f"memory: {human(self.memory_per_rank)} per rank",
-                f"generate: about {duration(self.generate_seconds)} on {self.ranks} rank(s) "
-                "(rates measured on a 2-vCPU VM)"]
+                f"generate: about {duration(self.generate_seconds)} on {self.ranks} rank(s)"
+                + (f", of which in-situ encoding {duration(self.encode_seconds)}" if self.encode_seconds else "")
+                + " (rates measured on a 2-vCPU VM)"]
 
 
 def human(n: float) -> str:
@@ -82,9 +87,11 @@ def estimate(spec: JobSpec, ranks: int = 1) -> Estimate:
                                                     int(spec.store.target_shard_mb * 2 ** 20 // traj_frame)))
     memory = n * kind.work_bytes_per_block // per_traj + 8 * N + fps * traj_frame
     fixed, per_block = kind.step_cost
-    steps = spec.simulation.trajectories * spec.simulation.steps
-    seconds = steps * (fixed + per_block * n) / max(1, ranks)
-    return Estimate(frames, per_frame, frames * per_frame, frames * encoded, memory, seconds, ranks)
+    steps = spec.simulation.trajectories * spec.simulation.steps + count_full_labels(spec)
+    encoding = frames * N * spec.autoencoder.hidden[0] * ENCODE_COST if spec.insitu is not None else 0.0
+    share = max(1, ranks)
+    seconds = (steps * (fixed + per_block * n) + encoding) / share
+    return Estimate(frames, per_frame, frames * per_frame, frames * encoded, memory, seconds, ranks, encoding / share)
 
 
 def free_disk(path: str) -> int:

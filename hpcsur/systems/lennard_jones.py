@@ -624,5 +624,8 @@ KIND = SystemKind(
                ("lz", None, 1250, "mlp"): (2.60e-2, 1.01e-2, "population", 10, "Fig. 3"),
                ("lxp", 0.0625, 1250, "mlp"): (1.34e-3, 0.26e-3, "population", 10, "Fig. 3"),
                ("lz", None, 1250, "gfinn"): (1.28e-2, 0.74e-2, "population", 10, "Fig. 3"),
-               ("lxp", 0.0625, 1250, "gfinn"): (2.84e-3, 0.99e-3, "population", 10, "Fig. 3")},
+               ("lxp", 0.0625, 1250, "gfinn"): (2.84e-3, 0.99e-3, "population", 10, "Fig. 3"),
+               # 51,200 atoms, p = 1/1024: 5,000 configurations x 50 atoms ~ 5 full-force frames ("due to memory
+               # limit"); no script in the reference, so the repeats are Table 1's (inferred)
+               ("lxp", 0.000977, 5, "onsagernet"): (4.96e-3, 0.56e-3, "population", 10, "Table 1 (51,200 atoms)")},
     description="Lennard-Jones fluid, NVE, periodic box (Chen & Li section 2.3)")

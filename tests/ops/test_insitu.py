@@ -156,3 +156,19 @@ def test_bad_in_situ_set_ups_are_one_line(jobs, tmp_path):
     bare.write_text(insitu.read_text().split("[autoencoder]")[0] + f'[insitu]\nautoencoder = "{home}"\n')
     assert "[insitu] needs this job's [autoencoder] table" in one_error_line(cli("validate", bare))
     assert not (tmp_path / "other_store").exists() and not (tmp_path / "pending_store").exists()
+
+
+def test_the_time_estimate_counts_the_encoding_and_the_full_labels(tmp_path):
+    from hpcsur.ops.jobspec import load_job
+    from hpcsur.ops.preflight import estimate
+    home = load_job(write(tmp_path, "home"))
+    insitu = load_job(write(tmp_path, "insitu", insitu=f'[insitu]\nautoencoder = "{tmp_path / "home.toml"}"\n'))
+    stored, encoded = estimate(home, 2), estimate(insitu, 2)
+    assert stored.encode_seconds == 0 and encoded.encode_seconds > 0
+    # the same simulation and labels; the in-situ job also encodes every frame (8 trajectories x 20 frames)
+    assert encoded.generate_seconds - stored.generate_seconds == pytest.approx(encoded.encode_seconds)
+    assert "of which in-situ encoding" in encoded.lines()[-1] and "encoding" not in stored.lines()[-1]
+    unlabelled = write(tmp_path, "nofull")            # no full-force labels: one force evaluation fewer a frame
+    unlabelled.write_text(unlabelled.read_text().replace("full = true", "full = false")
+                           .replace('losses = ["lz", "lxp"]', 'losses = ["lxp"]'))
+    assert estimate(load_job(unlabelled), 2).generate_seconds < stored.generate_seconds
