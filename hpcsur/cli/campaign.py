@@ -6,6 +6,7 @@ run folder; each runs as one dask task (``[mpiexec -n ranks_per_member] hpcsur g
 
   hpcsur campaign jobs/lj_scan.toml                         # LocalCluster on 127.0.0.1
   hpcsur campaign jobs/lj_scan.toml --dry-run               # list the members and their commands
+  hpcsur campaign jobs/lj_scan.toml --members 0-2 --stages all    # only members 0, 1, 2, each end to end
   hpcsur campaign jobs/lj_scan.toml --scheduler slurm --dry-run   # ... and the Slurm worker job script
   mpiexec -n 4 hpcsur campaign jobs/lj_scan.toml --scheduler mpi  # dask-mpi: 2 workers
   hpcsur monitor jobs/lj_scan.toml                          # progress from the stores, dashboard URL
@@ -26,6 +27,7 @@ def add_arguments(parser):
     parser.add_argument("--workers", type=int, help="dask workers (overrides [campaign] workers)")
     parser.add_argument("--dashboard", help="127.0.0.1:PORT (0: any free port) or off (overrides [campaign] dashboard)")
     parser.add_argument("--stages", default="generate", help="generate (default) or all (hpcsur run per member)")
+    parser.add_argument("--members", help="run only these members: indices and ranges, e.g. 0-2,5 (default all)")
     parser.add_argument("--interval", type=float, default=2.0, help="seconds between progress lines (default 2)")
     parser.add_argument("--dry-run", action="store_true", help="validate, list the members (and the Slurm job "
                                                                "script with --scheduler slurm); write nothing")
@@ -38,7 +40,7 @@ def run(args):
 
     spec = load_job(args.job)
     settings = resolve_settings(spec, scheduler=args.scheduler, workers=args.workers, dashboard=args.dashboard,
-                                stages=args.stages)
+                                stages=args.stages, members=args.members)
     prepared = prepare(spec, settings)  # every check, on every rank, before anything is started or written
     if args.dry_run:
         return run_campaign(spec, settings, dry_run=True, prepared=prepared)

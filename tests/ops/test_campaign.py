@@ -181,6 +181,23 @@ def test_settings_command_line_overrides(tmp_path):
         resolve_settings(spec, dashboard="0.0.0.0:8787")
     with pytest.raises(InputError, match="--scheduler = 'pbs' is not allowed"):
         resolve_settings(spec, scheduler="pbs")
+    assert resolve_settings(spec).members is None
+    assert resolve_settings(spec, members="0, 2").members == {0, 2}
+    assert resolve_settings(spec, members="0-1,1").members == {0, 1}
+
+
+def test_only_the_chosen_members_run(tmp_path):
+    job = write_job(tmp_path)
+    dry = hpcsur(tmp_path, "campaign", job.name, "--members", "1", "--dry-run")
+    assert dry.returncode == 0 and "3 members, 1 to run" in dry.stdout, dry.stdout + dry.stderr
+    assert dry.stdout.count("skip (not chosen)") == 2 and not (tmp_path / "storage").exists()
+    res = hpcsur(tmp_path, "campaign", job.name, "--members", "1", "--dashboard", "off")
+    assert res.returncode == 0, res.stderr
+    assert sorted(p.name for p in (tmp_path / "storage").iterdir()) == ["pp-1"] and verify(stores(tmp_path)[1]).ok
+    state = json.loads((tmp_path / "runs/pp/campaign.json").read_text())
+    assert [r["status"] for r in state["members"]] == ["skipped", "ok", "skipped"]
+    again = hpcsur(tmp_path, "campaign", job.name, "--members", "1")
+    assert again.returncode == 0 and "the 1 chosen of the 3 members complete; nothing to do" in again.stderr
 
 
 # ----------------------------------------------------------------------------- bad input
@@ -215,6 +232,9 @@ def test_bad_options_are_one_line_exit_2(tmp_path, monkeypatch, capsys):
     for args, message in [(("--dashboard", "0.0.0.0:1"), "--dashboard = '0.0.0.0:1' is not allowed"),
                           (("--stages", "train"), "--stages = 'train' is not allowed"),
                           (("--workers", "0"), "--workers = 0 is out of range"),
+                          (("--members", "1-3"), "--members = '1-3': '1-3' is out of range; allowed: indices 0 .. 2"),
+                          (("--members", "2-1"), "ranges low-high with low <= high"),
+                          (("--members", "one"), "'one' is not an index or a range like 0-2"),
                           (("--stages", "all"), "missing table [autoencoder] (needed by hpcsur campaign --stages all)")]:
         code, out, err = hpcsur_here(tmp_path, monkeypatch, capsys, "campaign", job.name, *args)
         assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, (args, err)

@@ -122,8 +122,9 @@ def describe_plan(members: list[Member], settings: Settings, todo: set[int]) -> 
     for m in members:
         task = member_task(m, settings, ".")
         cmd = " ".join(member_command(task, "python", "mpiexec"))
+        skip = "skip (complete)" if settings.members is None or m.index in settings.members else "skip (not chosen)"
         lines.append(f"{m.index:>4} {m.name}  {point_text(m.overrides)}  store {m.store}  "
-                     f"{'run: ' + cmd if m.index in todo else 'skip (complete)'}")
+                     f"{'run: ' + cmd if m.index in todo else skip}")
     return "\n".join(lines)
 
 
@@ -137,7 +138,8 @@ def prepare(spec: JobSpec, settings: Settings) -> tuple[list[Member], dict[int, 
     if settings.ranks_per_member > 1:
         _mpiexec()
     progress = {m.index: member_progress(m, check_hash=True) for m in members}
-    todo = {m.index for m in members if settings.stages == "all" or not progress[m.index].complete}
+    todo = {m.index for m in members if (settings.stages == "all" or not progress[m.index].complete)
+            and (settings.members is None or m.index in settings.members)}
     return members, progress, todo
 
 
@@ -167,7 +169,8 @@ def run_campaign(spec: JobSpec, settings: Settings, *, dry_run: bool = False, in
         if not todo:
             final = driver.snapshot(with_bytes=True)
             driver.write("finished", final, finished=_iso(time.time()), dashboard=None)
-            driver.say(f"campaign {spec.name}: all {len(members)} members complete; nothing to do")
+            chosen = "all" if settings.members is None else f"the {len(settings.members)} chosen of the"
+            driver.say(f"campaign {spec.name}: {chosen} {len(members)} members complete; nothing to do")
             driver.say(summary_table(driver.state["members"]))
             return 0
         n_workers = default_workers(settings, len(todo))

@@ -98,10 +98,29 @@ class Settings:
     stages: str
     ranks_per_member: int
     interface: Optional[str]
+    members: Optional[frozenset] = None   # the member indices to run (--members); None: all of them
+
+
+def parse_members(text: str, n: int) -> frozenset:
+    """``--members`` as a set of indices: comma-separated indices and inclusive ranges, e.g. ``0-2,5``; each in
+    ``0 .. n - 1`` (one error line otherwise)."""
+    chosen = set()
+    for part in text.split(","):
+        first, _, last = part.strip().partition("-")
+        try:
+            lo, hi = int(first), int(last or first)
+        except ValueError:
+            raise InputError(f"--members = {text!r}: {part.strip()!r} is not an index or a range like 0-2; "
+                             f"allowed: indices 0 .. {n - 1}") from None
+        if not 0 <= lo <= hi < n:
+            raise InputError(f"--members = {text!r}: {part.strip()!r} is out of range; allowed: indices "
+                             f"0 .. {n - 1} (the campaign has {n} member(s)), ranges low-high with low <= high")
+        chosen.update(range(lo, hi + 1))
+    return frozenset(chosen)
 
 
 def resolve_settings(spec: JobSpec, scheduler: str | None = None, workers: int | None = None,
-                     dashboard: str | None = None, stages: str = "generate") -> Settings:
+                     dashboard: str | None = None, stages: str = "generate", members: str | None = None) -> Settings:
     """Merge command-line options over ``[campaign]``; validate them (one error line each)."""
     campaign = spec.campaign or Campaign()
     if scheduler is not None:
@@ -116,7 +135,9 @@ def resolve_settings(spec: JobSpec, scheduler: str | None = None, workers: int |
     return Settings(scheduler=scheduler if scheduler is not None else campaign.scheduler,
                     workers=workers if workers is not None else campaign.workers,
                     dashboard=None if dash == "off" else dash.replace("localhost", "127.0.0.1"),
-                    stages=stages, ranks_per_member=campaign.ranks_per_member, interface=campaign.interface)
+                    stages=stages, ranks_per_member=campaign.ranks_per_member, interface=campaign.interface,
+                    members=None if members is None else parse_members(members, len(campaign_points(campaign))
+                                                                       * campaign.members))
 
 
 def default_workers(settings: Settings, n_todo: int, cores: int | None = None) -> int:
