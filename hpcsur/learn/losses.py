@@ -49,7 +49,14 @@ class RankDeficientJacobian(DataError):
                          f"{count} of {total} frame(s) of this batch)")
 
     def at(self, where: str, stage: str) -> DataError:
-        """The one line a stage reports: which frame, kappa, and what to do."""
+        """The one line a stage reports: which frame, kappa, and what to do. A non-finite J J^T (kappa NaN) is not
+        a property of the data but of the network: its weights or activations overflowed."""
+        if self.kappa != self.kappa:
+            return DataError(f"{stage}: the encoder Jacobian is not finite at {where} ({self.count} of {self.total} "
+                             "frame(s) of the batch): the encoder's weights or activations overflowed; in train-ae "
+                             "usually a learning rate too large for the inputs' scale: lower [autoencoder] lr or set "
+                             "normalise = \"field\" (raw, uncentred inputs of many coordinates move every first-layer "
+                             "pre-activation by about lr sum|x| a step)")
         return DataError(f"{stage}: the encoder Jacobian is numerically rank-deficient at {where} "
                          f"(kappa(J J^T) = {self.kappa:.3g}; {self.count} of {self.total} frame(s) of the batch): "
                          "the observable's gradient vanishes there (e.g. an Allen-Cahn torus that has vanished), so "

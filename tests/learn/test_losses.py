@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 import torch
 
-from hpcsur.learn.losses import (batch_loss, full_triple, gram_cholesky, loss_lz, partial_pinv_rows,
-                                 residual_loss, residual_triple)
+from hpcsur.learn.losses import (RankDeficientJacobian, batch_loss, check_rank, full_triple, gram_cholesky, loss_lz,
+                                 partial_pinv_rows, residual_loss, residual_triple)
 
 
 
@@ -130,3 +130,24 @@ def test_gram_cholesky_is_a_factor():
     c = gram_cholesky(j)
     assert torch.allclose(c @ c.transpose(-1, -2), j @ j.transpose(-1, -2), atol=1e-10)
     assert torch.all(torch.triu(c, 1) == 0)
+
+
+def test_a_non_finite_gram_is_named_as_overflow_not_as_rank_deficiency():
+    """J J^T with a NaN (weights that overflowed) reports kappa NaN, and the stage's line says what to change
+    (the learning rate, the input scaling) instead of blaming the data."""
+    j, _, _ = random_problem(6)
+    gram = j @ j.transpose(-1, -2)
+    gram[2, 0, 0] = float("nan")
+    with pytest.raises(RankDeficientJacobian) as caught:
+        check_rank(gram)
+    err = caught.value
+    assert (err.row, err.count, err.total) == (2, 1, gram.shape[0]) and err.kappa != err.kappa
+    line = str(err.at("trajectory 0, step 145", "train-ae"))
+    assert line.startswith("train-ae: the encoder Jacobian is not finite at trajectory 0, step 145 (1 of ")
+    assert "lower [autoencoder] lr" in line and "observable_floor" not in line
+    singular = gram.clone()
+    singular[2] = j[2] @ j[2].T
+    singular[2, :, 0] = singular[2, 0, :] = 0.0                       # a zero row: rank-deficient, finite
+    with pytest.raises(RankDeficientJacobian) as caught:
+        check_rank(singular)
+    assert "observable_floor" in str(caught.value.at("trajectory 0, step 1", "encode"))
