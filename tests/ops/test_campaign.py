@@ -195,7 +195,9 @@ def test_only_the_chosen_members_run(tmp_path):
     assert res.returncode == 0, res.stderr
     assert sorted(p.name for p in (tmp_path / "storage").iterdir()) == ["pp-1"] and verify(stores(tmp_path)[1]).ok
     state = json.loads((tmp_path / "runs/pp/campaign.json").read_text())
-    assert [r["status"] for r in state["members"]] == ["skipped", "ok", "skipped"]
+    assert [r["status"] for r in state["members"]] == ["not chosen", "ok", "not chosen"]
+    assert (state["totals"]["members"], state["totals"]["members_done"]) == (1, 1)
+    assert re.search(rf"campaign pp: 1/1 members, {FRAMES}/{FRAMES} frames \(100%\)", res.stderr), res.stderr
     again = hpcsur(tmp_path, "campaign", job.name, "--members", "1")
     assert again.returncode == 0 and "the 1 chosen of the 3 members complete; nothing to do" in again.stderr
 

@@ -76,7 +76,8 @@ class _Driver:
         self.spec, self.settings, self.members, self.stream = spec, settings, members, stream
         self.path = state_path(spec)
         self.started = time.time()
-        self.status = {m.index: "pending" for m in members}
+        self.status = {m.index: "pending" if settings.members is None or m.index in settings.members
+                       else "not chosen" for m in members}
         self.results: dict[int, dict] = {}
         self.state: dict[str, Any] = {}
         self.frames_at_start = 0
@@ -84,28 +85,34 @@ class _Driver:
     def snapshot(self, with_bytes=False) -> dict[int, MemberProgress]:
         return {m.index: member_progress(m, with_bytes=with_bytes) for m in self.members}
 
+    def chosen(self, progress: dict[int, MemberProgress]) -> list[MemberProgress]:
+        """The progress of the members this run is for (all, or those of --members)."""
+        return [p for i, p in progress.items() if self.status[i] != "not chosen"]
+
     def write(self, run_state: str, progress: dict[int, MemberProgress], **extra) -> None:
-        frames = sum(p.frames_done for p in progress.values())
+        chosen = self.chosen(progress)
+        frames = sum(p.frames_done for p in chosen)
         self.state.update({
             "job": self.spec.name, "source": self.spec.source, "state": run_state, "stages": self.settings.stages,
             "scheduler": self.settings.scheduler, "ranks_per_member": self.settings.ranks_per_member,
             "pid": os.getpid(), "host": socket.gethostname(), "cwd": os.getcwd(),
             "started": _iso(self.started), "started_unix": self.started, "updated_unix": time.time(),
             "frames_at_start": self.frames_at_start,
-            "totals": {"members": len(self.members),
+            "totals": {"members": len(chosen),
                        "members_done": sum(s in ("ok", "skipped") for s in self.status.values()),
                        "members_failed": sum(s == "failed" for s in self.status.values()),
-                       "frames_total": sum(p.frames_total for p in progress.values()), "frames_done": frames},
+                       "frames_total": sum(p.frames_total for p in chosen), "frames_done": frames},
             "members": [member_record(m, progress[m.index], self.status[m.index], self.results.get(m.index))
                         for m in self.members], **extra})
         write_json_atomic(self.path, self.state)
 
     def progress(self, progress: dict[int, MemberProgress], workers: int | None = None) -> str:
-        frames = sum(p.frames_done for p in progress.values())
+        chosen = self.chosen(progress)
+        frames = sum(p.frames_done for p in chosen)
         rate = (frames - self.frames_at_start) / max(time.time() - self.started, 1e-9)
         done = sum(s in ("ok", "skipped", "failed") for s in self.status.values())
-        return progress_line(self.spec.name, done, len(self.members), frames,
-                             sum(p.frames_total for p in progress.values()), rate, workers)
+        return progress_line(self.spec.name, done, len(chosen), frames, sum(p.frames_total for p in chosen), rate,
+                             workers)
 
     def say(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -162,9 +169,9 @@ def run_campaign(spec: JobSpec, settings: Settings, *, dry_run: bool = False, in
         raise InputError(f"campaign {spec.name}: already running ({describe_holder(spec.run_dir)})") from None
     with lock:
         driver = _Driver(spec, settings, members, stream)
-        driver.frames_at_start = sum(p.frames_done for p in progress.values())
+        driver.frames_at_start = sum(p.frames_done for p in driver.chosen(progress))
         for m in members:
-            if m.index not in todo:
+            if m.index not in todo and driver.status[m.index] != "not chosen":
                 driver.status[m.index] = "skipped"
         if not todo:
             final = driver.snapshot(with_bytes=True)
