@@ -164,6 +164,19 @@ def score_row(members, attrs, run_dir: Path, latent_cfg, z_true, t, substeps: in
     return selected, points
 
 
+def seed_disagreement(predictions: list[np.ndarray], z_true: np.ndarray) -> dict | None:
+    """e_abs of every seed's rollout against the *last* seed's, on the scored points of the truth: the reference
+    code's ``test()`` as written (the method notes: it scores every fold against the last fold's prediction, not
+    the truth). It measures how much the seeds agree, not how right they are; reported beside e_abs to read the
+    paper's numbers by. None for fewer than two seeds."""
+    if len(predictions) < 2:
+        return None
+    last = np.where(np.isfinite(z_true), predictions[-1], np.nan)
+    per_seed = [float(np.mean(trajectory_errors(pred, last)[1])) for pred in predictions[:-1]]
+    return {"against": "the last seed's prediction (the reference's test() as written)",
+            "e_abs": summarise(per_seed), "per_seed": per_seed}
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -237,6 +250,8 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
                      "trained_with": sorted({(i.get("code") or {}).get("commit") or "unknown" for i in done}),
                      "force_evaluations": force_evaluations(members[0], attrs, latent_cfg, n_val),
                      "e_abs": summarise([e[1] for e in selected]), "e_sq": summarise([e[0] for e in selected]),
+                     "seed_disagreement": seed_disagreement([e[2][..., :n_obs] for e in selected],
+                                                            z_true[..., :n_obs]),
                      "seconds": [i.get("seconds") for i in done], "curve": _curve([p for p in points if p])})
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)

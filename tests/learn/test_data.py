@@ -194,3 +194,26 @@ def test_strided_selection_equals_a_brute_force_mask():
             assert sum(p.frames for p in sel.values()) == count
         with pytest.raises(InputError, match="frames asked for"):
             split.first_kept("train", int(train.sum()) + 1, r)
+
+
+def test_seed_disagreement_is_e_abs_against_the_last_seed_on_the_scored_points():
+    """The reference's test() as written: each seed against the last seed's prediction (a brute-force loop here),
+    on the points the truth scores; identical seeds disagree by 0; one seed has none."""
+    from hpcsur.learn.evaluate import seed_disagreement
+
+    rng = np.random.default_rng(3)
+    true = rng.normal(size=(6, 4, 2)) + 3.0
+    true[4:, 1] = np.nan                                          # trajectory 1 out of use from frame 4
+    preds = [true + 0.1 * rng.normal(size=true.shape) for _ in range(3)]
+    preds = [np.nan_to_num(p, nan=7.0) for p in preds]            # rollouts are finite everywhere
+    got = seed_disagreement(preds, true)
+    for seed, pred in enumerate(preds[:-1]):
+        per_traj = []
+        for k in range(true.shape[1]):
+            rows = [f for f in range(true.shape[0]) if np.isfinite(true[f, k]).all()]
+            diff = sum(np.linalg.norm(pred[f, k] - preds[-1][f, k]) for f in rows)
+            per_traj.append(diff / sum(np.linalg.norm(preds[-1][f, k]) for f in rows))
+        assert got["per_seed"][seed] == pytest.approx(np.mean(per_traj), rel=1e-12)
+    assert got["e_abs"]["mean"] == pytest.approx(np.mean(got["per_seed"]))
+    assert seed_disagreement([preds[0]] * 3, true)["e_abs"]["mean"] == 0.0
+    assert seed_disagreement(preds[:1], true) is None
