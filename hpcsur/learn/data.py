@@ -37,7 +37,7 @@ from typing import Iterator, Sequence
 import numpy as np
 import torch
 
-from hpcsur.errors import InputError
+from hpcsur.errors import DataError, InputError
 from hpcsur.store import open_dataset, rank_shards
 
 MiB = 2 ** 20
@@ -425,26 +425,45 @@ class BatchStream:
 
 
 # ----------------------------------------------------------------------------- statistics
+def frame_sums(path: str, name: str, frame_range: tuple[int, int], draw: int = 0,
+               cuts: Sequence[int] | None = None, stride: int = 1,
+               part: tuple[int, int] = (0, 1)) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """``(c, sum (a - c), sum (a - c)^2, count)`` per component of array ``name`` (its draw ``draw`` where it has a
+    draw axis) over the selected frames of ``[g0, g1)`` in this part's shards (shards ``rank, rank + size, ...``
+    of ``part = (rank, size)``), streamed shard by shard in float64. The shift c is the range's first selected
+    frame, the same for every part, so the parts' sums add up (and the variance does not cancel)."""
+    dataset = open_dataset(path)
+    selected = sorted(pieces(frame_range, dataset.schema.frames_per_shard, cuts, dataset.schema.frames_per_traj,
+                             stride).items())
+    if not selected:
+        raise DataError(f"{path}: no frames of {name} selected in [{frame_range[0]}, {frame_range[1]})")
+    first_shard, first = selected[0]
+    shift = read_shard(dataset, first_shard, [name], draw)[name][first.rows][0].astype(np.float64)
+    total, total2, count = np.zeros_like(shift), np.zeros_like(shift), 0
+    rank, size = part
+    for s, piece in selected[rank::size]:
+        centred = read_shard(dataset, s, [name], draw)[name][piece.rows].astype(np.float64) - shift
+        total += centred.sum(0)
+        total2 += (centred * centred).sum(0)
+        count += centred.shape[0]
+    return shift, total, total2, count
+
+
+def moments_from_sums(shift: np.ndarray, total: np.ndarray, total2: np.ndarray,
+                      count: int) -> tuple[np.ndarray, np.ndarray, int]:
+    """Mean and standard deviation (ddof = 1) from :func:`frame_sums`' shifted sums:
+    mean = c + S1 / n, var = (S2 - n (S1 / n)^2) / (n - 1)."""
+    mean = total / count
+    var = (total2 - count * mean * mean) / max(count - 1, 1)
+    return shift + mean, np.sqrt(np.maximum(var, 0.0)), count
+
+
 def frame_moments(path: str, name: str, frame_range: tuple[int, int], draw: int = 0,
                   cuts: Sequence[int] | None = None, stride: int = 1) -> tuple[np.ndarray, np.ndarray, int]:
     """Per-component mean and standard deviation (ddof = 1) of array ``name`` (its draw ``draw``
     where it has a draw axis) over ``[g0, g1)``, streamed shard by shard in float64 (shifted by the
     first frame to avoid cancellation)."""
-    dataset = open_dataset(path)
-    shift, total, total2, count = None, None, None, 0
-    for s, piece in sorted(pieces(frame_range, dataset.schema.frames_per_shard, cuts,
-                                  dataset.schema.frames_per_traj, stride).items()):
-        block = read_shard(dataset, s, [name], draw)[name][piece.rows].astype(np.float64)
-        if shift is None:
-            shift = block[0].copy()
-            total, total2 = np.zeros_like(shift), np.zeros_like(shift)
-        centred = block - shift
-        total += centred.sum(0)
-        total2 += (centred * centred).sum(0)
-        count += block.shape[0]
-    mean = total / count
-    var = (total2 - count * mean * mean) / max(count - 1, 1)
-    return shift + mean, np.sqrt(np.maximum(var, 0.0)), count
+    return moments_from_sums(*frame_sums(path, name, frame_range, draw, cuts, stride))
 
 
 def safe_std(std: np.ndarray, floor: float = 1e-8) -> np.ndarray:

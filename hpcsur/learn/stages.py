@@ -22,7 +22,8 @@ from torch import nn
 from hpcsur.errors import InputError
 from hpcsur.learn import config as cfg
 from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoencoder_loss
-from hpcsur.learn.data import BatchStream, frame_moments, safe_std, split_of, store_cuts
+from hpcsur.learn.data import (BatchStream, frame_moments, frame_sums, moments_from_sums, safe_std, split_of,
+                               store_cuts)
 from hpcsur.learn.latent import LatentDynamics, LatentShape
 from hpcsur.learn.losses import LOSS_ARRAYS, TARGET_ARRAY, RankDeficientJacobian, batch_loss
 from hpcsur.learn.observables import observable_from_attrs
@@ -108,21 +109,31 @@ def field_std(x_std: np.ndarray, n_fields: int) -> np.ndarray:
 
 def _normalisation(store: str, train_range, out_dir: Path, backend, scaling: str, n_fields: int,
                    cuts=None) -> dict:
-    """x statistics (per coordinate, or one scale per field) and observable statistics of the
-    training frames (rank 0 computes them once, caches them in normalisation.npz, and broadcasts)."""
+    """x statistics (per coordinate, or one scale per field) and observable statistics of the training frames,
+    cached in normalisation.npz. Every worker sums its share of the shards and the sums are added up (one pass
+    over the store split among the workers; no worker waits in a collective while another reads it all)."""
     cache = out_dir / "normalisation.npz"
     stats = None
+    if backend.rank == 0 and cache.exists() and str(np.load(cache).get("scaling", "coordinate")) == scaling:
+        stats = {k: v for k, v in np.load(cache).items() if k != "scaling"}
+    stats = backend.broadcast_object(stats, root=0)
+    if stats is not None:
+        return stats
+
+    def moments(name):
+        shift, total, total2, count = frame_sums(store, name, train_range, cuts=cuts,
+                                                 part=(backend.rank, backend.size))
+        summed = backend.allreduce(torch.as_tensor(np.concatenate([total, total2, [count]])), op="sum").numpy()
+        n = len(total)
+        return moments_from_sums(shift, summed[:n], summed[n:2 * n], int(round(summed[-1])))[:2]
+
+    (x_mean, x_std), (o_mean, o_std) = moments("x"), moments("phi")
+    x_std = field_std(x_std, n_fields) if scaling == "field" else x_std
+    stats = {"x_mean": x_mean, "x_std": safe_std(x_std), "obs_mean": o_mean, "obs_std": safe_std(o_std)}
     if backend.rank == 0:
-        if cache.exists() and str(np.load(cache).get("scaling", "coordinate")) == scaling:
-            stats = {k: v for k, v in np.load(cache).items() if k != "scaling"}
-        else:
-            x_mean, x_std, _ = frame_moments(store, "x", train_range, cuts=cuts)
-            o_mean, o_std, _ = frame_moments(store, "phi", train_range, cuts=cuts)
-            x_std = field_std(x_std, n_fields) if scaling == "field" else x_std
-            stats = {"x_mean": x_mean, "x_std": safe_std(x_std), "obs_mean": o_mean, "obs_std": safe_std(o_std)}
-            out_dir.mkdir(parents=True, exist_ok=True)
-            np.savez(cache, scaling=scaling, **stats)
-    return backend.broadcast_object(stats, root=0)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        np.savez(cache, scaling=scaling, **stats)
+    return stats
 
 
 def build_autoencoder(store_attrs: dict, ae: cfg.Autoencoder) -> ClosureAutoencoder:

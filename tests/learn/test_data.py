@@ -130,6 +130,20 @@ def test_frame_moments_match_numpy(store_path):
     assert np.allclose(mean, x.mean(0), atol=1e-13) and np.allclose(std, x.std(0, ddof=1), atol=1e-13)
 
 
+@pytest.mark.parametrize("size", [2, 3, 50])
+def test_frame_sums_of_the_parts_add_up_to_the_moments(store_path, size):
+    """The workers' shares of the shards (more workers than shards included) add up to the serial moments."""
+    from hpcsur.learn.data import frame_sums, moments_from_sums
+
+    parts = [frame_sums(store_path, "x", (7, 63), part=(rank, size)) for rank in range(size)]
+    assert all(np.array_equal(parts[0][0], p[0]) for p in parts)           # one shift for every part
+    assert sum(p[3] for p in parts) == 56
+    mean, std, count = moments_from_sums(parts[0][0], sum(p[1] for p in parts), sum(p[2] for p in parts),
+                                         sum(p[3] for p in parts))
+    want = frame_moments(store_path, "x", (7, 63))
+    assert count == 56 and np.allclose(mean, want[0], atol=1e-13) and np.allclose(std, want[1], atol=1e-13)
+
+
 def test_observable_floor_keeps_each_trajectory_until_its_observable_has_decayed():
     """The Allen-Cahn rule on a tiny grid: the free energy of a torus decays to ~0 when it vanishes; the frames
     from the first one at or below floor x (the trajectory's largest value) on are out of use."""

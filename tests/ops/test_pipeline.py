@@ -4,6 +4,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 HPCSUR = str(Path(sys.executable).parent / "hpcsur")
@@ -68,6 +69,16 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
     for row in report["runs"]:
         assert row["e_sq"] is not None and 0 < row["e_sq"] < 10
     assert len(report["runs"]) == 6
+    for row in report["rows"]:                      # 2 seeds: seed 1 against seed 2's rollout
+        assert len(row["seed_disagreement"]["per_seed"]) == 1 and row["seed_disagreement"]["e_abs"]["mean"] > 0
+    # the 2 workers' normalisation (each summed its share of the shards) equals the serial moments
+    from hpcsur.learn.data import frame_moments, split_of
+    from hpcsur.store import open_dataset
+    stats = np.load(run / "autoencoder" / "normalisation.npz")
+    mean, std, _ = frame_moments(str(tmp_path / "store"), "x", split_of(open_dataset(str(tmp_path / "store")), 1, 2)
+                                 .frames("train"))
+    np.testing.assert_allclose(stats["x_mean"], mean, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(stats["x_std"], std, rtol=1e-12)
     for png in report["plots"].values():
         assert Path(png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "[latent]" in (run / "spec.toml").read_text()
