@@ -76,8 +76,7 @@ class _Driver:
         self.spec, self.settings, self.members, self.stream = spec, settings, members, stream
         self.path = state_path(spec)
         self.started = time.time()
-        self.status = {m.index: "pending" if settings.members is None or m.index in settings.members
-                       else "not chosen" for m in members}
+        self.status = {m.index: "pending" if settings.chooses(m.index) else "not chosen" for m in members}
         self.results: dict[int, dict] = {}
         self.state: dict[str, Any] = {}
         self.frames_at_start = 0
@@ -129,7 +128,7 @@ def describe_plan(members: list[Member], settings: Settings, todo: set[int]) -> 
     for m in members:
         task = member_task(m, settings, ".")
         cmd = " ".join(member_command(task, "python", "mpiexec"))
-        skip = "skip (complete)" if settings.members is None or m.index in settings.members else "skip (not chosen)"
+        skip = "skip (complete)" if settings.chooses(m.index) else "skip (not chosen)"
         lines.append(f"{m.index:>4} {m.name}  {point_text(m.overrides)}  store {m.store}  "
                      f"{'run: ' + cmd if m.index in todo else skip}")
     return "\n".join(lines)
@@ -146,7 +145,7 @@ def prepare(spec: JobSpec, settings: Settings) -> tuple[list[Member], dict[int, 
         _mpiexec()
     progress = {m.index: member_progress(m, check_hash=True) for m in members}
     todo = {m.index for m in members if (settings.stages == "all" or not progress[m.index].complete)
-            and (settings.members is None or m.index in settings.members)}
+            and settings.chooses(m.index)}
     return members, progress, todo
 
 

@@ -100,6 +100,10 @@ class Settings:
     interface: Optional[str]
     members: Optional[frozenset] = None   # the member indices to run (--members); None: all of them
 
+    def chooses(self, index: int) -> bool:
+        """Whether member ``index`` is one this run is for."""
+        return self.members is None or index in self.members
+
 
 def parse_members(text: str, n: int) -> frozenset:
     """``--members`` as a set of indices: comma-separated indices and inclusive ranges, e.g. ``0-2,5``; each in
