@@ -172,6 +172,10 @@ class Progress:
     percentage, frames/s and e.g. labels/s (``rates`` gives how many of each secondary unit one
     primary unit carries). On a terminal the line is redrawn in place; in a batch log it is
     printed at most every ``interval`` seconds, so Slurm output files stay readable.
+
+    A resumed run first calls ``resumed(n)`` with the units an earlier process finished: they count in
+    ``done/total`` but not in the rate, so the rate and the eta are this process's own,
+    rate = (done - resumed) / elapsed and eta = (total - done) / rate.
     """
 
     def __init__(self, total: int, unit: str = "items", rates: dict[str, float] | None = None,
@@ -183,20 +187,27 @@ class Progress:
         self.tty = hasattr(self.stream, "isatty") and self.stream.isatty()
         self.interval = 0.2 if self.tty else interval
         self.done = 0
+        self.before = 0                    # units finished by an earlier process (resume)
         self.start = time.perf_counter()
         self._last = 0.0
 
     def line(self) -> str:
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = self.done / elapsed
+        rate = (self.done - self.before) / elapsed
         parts = [f"{self.label} " if self.label else "",
                  f"{self.done}/{self.total} {self.unit}",
                  f" ({100.0 * self.done / max(self.total, 1):.0f}%)",
                  f" {rate:.1f} {self.unit}/s"]
         parts += [f" {rate * per:.1f} {name}/s" for name, per in self.rates.items()]
-        if 0 < self.done < self.total:
+        if rate > 0 and self.done < self.total:
             parts.append(f" eta {(self.total - self.done) / rate:.0f}s")
         return "".join(parts)
+
+    def resumed(self, n: int) -> None:
+        """Count ``n`` units an earlier process finished (shown in done/total, not in the rate)."""
+        self.done += n
+        self.before += n
+        self.start = time.perf_counter()
 
     def update(self, n: int = 1) -> None:
         self.done += n

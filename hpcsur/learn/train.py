@@ -239,7 +239,7 @@ def fit(loss_module: torch.nn.Module, train_stream, val_stream, backend, out_dir
 
     total_steps = sum(train_stream.steps(e) for e in range(config.epochs))
     progress = Progress(total_steps, unit="steps", label=label, enabled=show_progress and is_root)
-    progress.update(sum(train_stream.steps(e) for e in range(start_epoch)) + start_step)
+    progress.resumed(sum(train_stream.steps(e) for e in range(start_epoch)) + start_step)
     t0 = last_checkpoint = time.perf_counter()
     with StopSignals() as signals:
         for epoch in range(start_epoch, config.epochs):

@@ -222,7 +222,7 @@ def generate(spec: JobSpec, comm, resume: bool = False, show_progress: bool = Tr
     progress = Progress(total_frames, unit="frames", rates={"labels": plan.k * spec.labels.draws},
                         label=f"generate {spec.name}",
                         enabled=show_progress and rank == 0)
-    progress.update(len(done) * plan.frames_per_shard)
+    progress.resumed(len(done) * plan.frames_per_shard)
     log.info("%s: %d trajectories x %d frames, |I| = %d of %d blocks, rank grid %s x %d groups, "
              "%d frames per shard%s", spec.name, sim.trajectories, plan.frames_per_traj, plan.k,
              system.layout.n_blocks, "x".join(map(str, plan.grid)), plan.n_groups, plan.frames_per_shard,

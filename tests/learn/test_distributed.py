@@ -24,7 +24,7 @@ import torch
 from hpcsur.errors import InputError
 from hpcsur.learn.distributed import BACKENDS, choose_backend, init_backend, scaled_lr
 from hpcsur.learn.distributed.torch_dist import DERIVED_PORTS, derived_port
-from hpcsur.log import Launch, detect_launch, env_rank, env_size, first_host
+from hpcsur.log import Launch, Progress, detect_launch, env_rank, env_size, first_host
 
 BIN = Path(sys.executable).parent
 MPIEXEC = str(BIN / "mpiexec")
@@ -302,6 +302,23 @@ def test_log_rank_and_size_follow_the_launcher(monkeypatch):
     monkeypatch.setenv("OMPI_COMM_WORLD_RANK", "2")
     monkeypatch.setenv("OMPI_COMM_WORLD_SIZE", "3")
     assert (env_rank(), env_size()) == (2, 3)
+
+
+def test_progress_after_a_resume_rates_only_this_process_work():
+    """A resumed run shows the earlier process's steps in done/total but not in its rate or eta."""
+    import io
+    import time
+
+    progress = Progress(100_000, unit="steps", enabled=True, stream=io.StringIO())
+    progress.resumed(90_000)
+    assert progress.line().startswith("90000/100000 steps (90%) 0.0 steps/s") and "eta" not in progress.line()
+    time.sleep(0.05)
+    progress.update(10)
+    line = progress.line()
+    rate = float(line.split()[3])
+    assert 0 < rate <= 10 / 0.05                  # 10 steps in >= 0.05 s (counting the 90,000: >= 1.8e6 steps/s)
+    eta = float(line.split("eta ")[1].rstrip("s"))
+    assert abs(eta - 9_990 / rate) <= 1         # >= 50 s (counting the 90,000: 0 s)
 
 
 @pytest.mark.parametrize("nodelist, host", [("vm", "vm"), ("node[07-09,12],gpu1", "node07"), ("a1,b[2-3]", "a1"),
