@@ -14,13 +14,17 @@ population std (Table 1 / the AC and LJ scripts). A rollout that blows up scores
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
 import numpy as np
 
 from hpcsur.learn.rollout import rollout_many, test_paths, trajectory_errors
+from hpcsur.log import Progress
 from hpcsur.store import open_dataset
+
+log = logging.getLogger("hpcsur.evaluate")
 
 
 def summarise(values: list[float]) -> dict:
@@ -141,9 +145,10 @@ def write_report(path: Path, report: dict) -> None:
     tmp.replace(path)
 
 
-def score_row(members, attrs, run_dir: Path, latent_cfg, z_true, t, substeps: int, n_obs: int):
+def score_row(members, attrs, run_dir: Path, latent_cfg, z_true, t, substeps: int, n_obs: int, progress=None):
     """Every seed's selected model and all its snapshots of one (loss, size) row, rolled out together:
-    per seed (e_sq, e_abs, prediction) of the selected model and the snapshots' [{epoch, e_sq, e_abs}]."""
+    per seed (e_sq, e_abs, prediction) of the selected model and the snapshots' [{epoch, e_sq, e_abs}].
+    ``progress`` counts the row's RK4 steps (all its models step together)."""
     from hpcsur.learn.stages import latent_model, load_latent, run_meta
     from hpcsur.learn.train import load_snapshots
 
@@ -155,7 +160,9 @@ def score_row(members, attrs, run_dir: Path, latent_cfg, z_true, t, substeps: in
             models.append(latent_model(attrs, latent_cfg, state))
             owners.append((i, epoch))
     selected, points = [None] * len(members), [[] for _ in members]
-    for (i, epoch), pred in zip(owners, rollout_many(models, z_true, t, substeps)):
+    log.info("evaluate: %s e%s: %d models (%d seeds and their snapshots) on %d test trajectories, %d RK4 steps",
+             members[0].loss, members[0].size, len(models), len(members), z_true.shape[1], (len(t) - 1) * substeps)
+    for (i, epoch), pred in zip(owners, rollout_many(models, z_true, t, substeps, progress)):
         e_sq, e_abs = (float(np.mean(e)) for e in trajectory_errors(pred[..., :n_obs], z_true[..., :n_obs]))
         if epoch is None:
             selected[i] = (e_sq, e_abs, pred)
@@ -234,8 +241,10 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     for run in runs:
         groups.setdefault((run.loss, run.size), []).append(run)
     rows, runs_out, shown, curves = [], [], {}, {}
+    progress = Progress(len(groups) * (len(t) - 1) * eval_cfg.substeps, unit="RK4 steps", label="evaluate")
     for (loss, size), members in groups.items():
-        selected, points = score_row(members, attrs, run_dir, latent_cfg, z_true, t, eval_cfg.substeps, n_obs)
+        selected, points = score_row(members, attrs, run_dir, latent_cfg, z_true, t, eval_cfg.substeps, n_obs,
+                                     progress)
         done = [_read_json(run_dir / "latent" / run.name / "done.json") for run in members]
         for run, (e_sq, e_abs, _), pts, info in zip(members, selected, points, done):
             runs_out.append({"loss": loss, "equivalent_data": size, "seed": run.seed, "draw": run.draw,
@@ -253,6 +262,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
                      "seed_disagreement": seed_disagreement([e[2][..., :n_obs] for e in selected],
                                                             z_true[..., :n_obs]),
                      "seconds": [i.get("seconds") for i in done], "curve": _curve([p for p in points if p])})
+    progress.close()
     plots = run_dir / "plots"
     plots.mkdir(parents=True, exist_ok=True)
     files = {"observables": plots / "observables.png", "loss_curves": plots / "loss_curves.png",

@@ -55,14 +55,15 @@ def test_paths(encoded: str, split: Split, trajectories: int | None, frames: int
 
 
 
-def rollout_many(models: list, z_true: np.ndarray, t: np.ndarray, substeps: int) -> np.ndarray:
+def rollout_many(models: list, z_true: np.ndarray, t: np.ndarray, substeps: int, progress=None) -> np.ndarray:
     """RK4 rollouts of K models of one architecture at once (:func:`stack_models`), each from
-    z_true[0] over the stored times; returns (K, F, T, d) float64."""
+    z_true[0] over the stored times; returns (K, F, T, d) float64. ``progress`` counts the RK4 steps."""
     frame_dt = float(t[1] - t[0])
     with torch.no_grad():
         stacked = stack_models([m.double().eval() for m in models])
         z0 = torch.from_numpy(z_true[0]).expand(len(models), *z_true.shape[1:]).contiguous()
-        path = rk4_rollout(stacked, z0, frame_dt / substeps, (len(t) - 1) * substeps, every=substeps)
+        path = rk4_rollout(stacked, z0, frame_dt / substeps, (len(t) - 1) * substeps, every=substeps,
+                           progress=progress)
     return path.transpose(0, 1).numpy()
 
 

@@ -8,6 +8,7 @@ from hpcsur.learn.autoencoder import AutoencoderShape, ClosureAutoencoder, autoe
 from hpcsur.learn.latent import (GFINN, MODELS, LatentDynamics, LatentShape, OnsagerNet, ReferenceOnsagerNet,
                                  input_gradient, rk4_rollout, stack_models)
 from hpcsur.learn.observables import observable_from_attrs
+from hpcsur.log import Progress
 
 
 
@@ -108,7 +109,9 @@ def test_stacked_models_equal_each_model_alone(name):
     z = batch(d=4, n=6, seed=4).reshape(1, 6, 4).repeat(3, 1, 1) + torch.arange(3.0).reshape(3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(stacked(z), torch.stack([m(z[i]) for i, m in enumerate(models)]), atol=1e-12)
-        paths = rk4_rollout(stacked, z, 0.01, 20, every=5)
+        counter = Progress(20, unit="RK4 steps", enabled=False)
+        paths = rk4_rollout(stacked, z, 0.01, 20, every=5, progress=counter)
+        assert counter.done == 20                  # the evaluate stage's progress line counts every step
         for i, m in enumerate(models):
             assert torch.allclose(paths[:, i], rk4_rollout(m, z[i], 0.01, 20, every=5), atol=1e-12)
 
