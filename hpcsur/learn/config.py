@@ -221,3 +221,8 @@ class Evaluate:
     substeps: int = field(10, ge=1, doc="RK4 steps per stored frame interval")
     trajectories: Optional[int] = field(None, ge=1, doc="test trajectories to roll out (default: all)")
     frames: Optional[int] = field(None, ge=2, doc="frames per rollout (default: the whole trajectory)")
+    snapshot_trajectories: Optional[int] = field(None, ge=1, doc="test trajectories the snapshots of the "
+                                                 "error-vs-epoch curves are rolled out on (default: all); the "
+                                                 "scored models always use every test trajectory")
+    threads: Optional[int] = field(None, ge=1, doc="torch intra-op threads of the evaluate process (default: "
+                                   "every core it may run on; it runs alone)")

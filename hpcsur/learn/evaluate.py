@@ -13,9 +13,11 @@ population std (Table 1 / the AC and LJ scripts). A rollout that blows up scores
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -122,6 +124,11 @@ def plot_error_curves(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
+def row_label_of(row: Row) -> str:
+    """The cache file's name of a row: <loss>-e<size>."""
+    return f"{row.members[0].loss}-e{row.members[0].size}"
+
+
 def row_label(row: dict) -> str:
     return f"{row['loss']} e{row['equivalent_data']}"
 
@@ -145,28 +152,85 @@ def write_report(path: Path, report: dict) -> None:
     tmp.replace(path)
 
 
-def score_row(members, attrs, run_dir: Path, latent_cfg, z_true, t, substeps: int, n_obs: int, progress=None):
-    """Every seed's selected model and all its snapshots of one (loss, size) row, rolled out together:
-    per seed (e_sq, e_abs, prediction) of the selected model and the snapshots' [{epoch, e_sq, e_abs}].
-    ``progress`` counts the row's RK4 steps (all its models step together)."""
+@dataclass
+class Row:
+    """One (loss, size) row to score: every seed's selected model and its snapshots."""
+
+    members: list
+    selected: list                 # one model per seed
+    snapshots: list                # (seed index, epoch, model)
+    key: str = ""                  # fingerprint of the models and the test set (the cache's key)
+
+    def work(self, steps: int, trajectories: int, snapshot_trajectories: int) -> int:
+        """Trajectory steps (one RK4 step of one model on one test trajectory) of the row's rollouts."""
+        return steps * (len(self.selected) * trajectories + len(self.snapshots) * snapshot_trajectories)
+
+
+def row_models(members, attrs, run_dir: Path, latent_cfg) -> Row:
     from hpcsur.learn.stages import latent_model, load_latent, run_meta
     from hpcsur.learn.train import load_snapshots
 
-    models, owners = [], []
+    selected, snapshots = [], []
     for i, run in enumerate(members):
-        models.append(load_latent(attrs, run_dir, latent_cfg, run))
-        owners.append((i, None))
+        selected.append(load_latent(attrs, run_dir, latent_cfg, run))
         for epoch, state in load_snapshots(run_dir / "latent" / run.name, run_meta(attrs, latent_cfg, run)):
-            models.append(latent_model(attrs, latent_cfg, state))
-            owners.append((i, epoch))
-    selected, points = [None] * len(members), [[] for _ in members]
-    log.info("evaluate: %s e%s: %d models (%d seeds and their snapshots) on %d test trajectories, %d RK4 steps",
-             members[0].loss, members[0].size, len(models), len(members), z_true.shape[1], (len(t) - 1) * substeps)
-    for (i, epoch), pred in zip(owners, rollout_many(models, z_true, t, substeps, progress)):
+            snapshots.append((i, epoch, latent_model(attrs, latent_cfg, state)))
+    return Row(members, selected, snapshots)
+
+
+def fingerprint(models: list, z0: np.ndarray, t: np.ndarray, substeps: int, snapshot_trajectories: int) -> str:
+    """sha256 of every model's weights and buffers, the initial states, the times and the step settings:
+    a cached row is reused only for exactly the same rollouts."""
+    h = hashlib.sha256()
+    for model in models:
+        for name, value in model.state_dict().items():
+            h.update(name.encode())
+            h.update(value.detach().cpu().double().numpy().tobytes())
+    for array in (z0, t):
+        h.update(np.ascontiguousarray(array, dtype=np.float64).tobytes())
+    h.update(f"{substeps} {snapshot_trajectories}".encode())
+    return h.hexdigest()
+
+
+def read_row(path: Path, key: str):
+    """The scores of a row evaluated before with the same fingerprint, else None."""
+    if not path.exists():
+        return None
+    with np.load(path) as cached:
+        if str(cached["key"]) != key:
+            return None
+        selected = [(float(q), float(a), pred) for q, a, pred in zip(cached["e_sq"], cached["e_abs"],
+                                                                       cached["predictions"])]
+        return selected, json.loads(str(cached["points"]))
+
+
+def write_row(path: Path, key: str, selected, points) -> None:
+    """Keep a scored row (atomically: a stopped evaluate leaves either the old file or the new one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.tmp.npz")
+    np.savez(tmp, key=key, e_sq=[e[0] for e in selected], e_abs=[e[1] for e in selected],
+             predictions=np.stack([e[2] for e in selected]), points=json.dumps(points))
+    tmp.replace(path)
+
+
+def score_row(row: Row, z_true, t, substeps: int, n_obs: int, snapshot_trajectories: int, progress=None):
+    """Every seed's selected model rolled out together on all test trajectories, and all their snapshots on the
+    first ``snapshot_trajectories``: per seed (e_sq, e_abs, prediction of z*) of the selected model and the
+    snapshots' [{epoch, e_sq, e_abs}]. ``progress`` counts trajectory steps."""
+    members = row.members
+    log.info("evaluate: %s e%s: %d seeds on %d test trajectories, %d snapshots on %d, %d RK4 steps",
+             members[0].loss, members[0].size, len(row.selected), z_true.shape[1], len(row.snapshots),
+             snapshot_trajectories, (len(t) - 1) * substeps)
+    selected = []
+    for pred in rollout_many(row.selected, z_true, t, substeps, progress):
         e_sq, e_abs = (float(np.mean(e)) for e in trajectory_errors(pred[..., :n_obs], z_true[..., :n_obs]))
-        if epoch is None:
-            selected[i] = (e_sq, e_abs, pred)
-        else:
+        selected.append((e_sq, e_abs, pred[..., :n_obs]))
+    points = [[] for _ in members]
+    if row.snapshots:
+        truth = z_true[:, :snapshot_trajectories]
+        preds = rollout_many([m for _, _, m in row.snapshots], truth, t, substeps, progress)
+        for (i, epoch, _), pred in zip(row.snapshots, preds):
+            e_sq, e_abs = (float(np.mean(e)) for e in trajectory_errors(pred[..., :n_obs], truth[..., :n_obs]))
             points[i].append({"epoch": epoch, "e_sq": e_sq, "e_abs": e_abs})
     return selected, points
 
@@ -237,14 +301,30 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     t, z_true, trajs = test_paths(encoded, split, eval_cfg.trajectories, eval_cfg.frames)
     runs = latent_runs(latent_cfg, attrs, split, losses, seeds, sizes)
     n_val = split.kept("validation")
-    groups: dict[tuple[str, int], list] = {}
+    groups: dict[tuple[str, int], list] = {}                          # (loss, size) -> its seeds' runs
     for run in runs:
         groups.setdefault((run.loss, run.size), []).append(run)
     rows, runs_out, shown, curves = [], [], {}, {}
-    progress = Progress(len(groups) * (len(t) - 1) * eval_cfg.substeps, unit="RK4 steps", label="evaluate")
-    for (loss, size), members in groups.items():
-        selected, points = score_row(members, attrs, run_dir, latent_cfg, z_true, t, eval_cfg.substeps, n_obs,
-                                     progress)
+    steps, n_test = (len(t) - 1) * eval_cfg.substeps, z_true.shape[1]
+    n_snap = min(eval_cfg.snapshot_trajectories or n_test, n_test)
+    cache_dir = run_dir / "evaluate"
+    todo = [row_models(members, attrs, run_dir, latent_cfg) for members in groups.values()]
+    for row in todo:
+        row.key = fingerprint(row.selected + [m for _, _, m in row.snapshots], z_true[0], t, eval_cfg.substeps,
+                              n_snap)
+    cached = {id(row): read_row(cache_dir / f"{row_label_of(row)}.npz", row.key) for row in todo}
+    progress = Progress(sum(row.work(steps, n_test, n_snap) for row in todo), unit="trajectory steps",
+                        label="evaluate")
+    progress.resumed(sum(row.work(steps, n_test, n_snap) for row in todo if cached[id(row)] is not None))
+    for row in todo:
+        members, loss, size = row.members, row.members[0].loss, row.members[0].size
+        if cached[id(row)] is not None:
+            log.info("evaluate: %s e%s: scored before with the same models and test set (%s)", loss, size,
+                     cache_dir / f"{row_label_of(row)}.npz")
+            selected, points = cached[id(row)]
+        else:
+            selected, points = score_row(row, z_true, t, eval_cfg.substeps, n_obs, n_snap, progress)
+            write_row(cache_dir / f"{row_label_of(row)}.npz", row.key, selected, points)
         done = [_read_json(run_dir / "latent" / run.name / "done.json") for run in members]
         for run, (e_sq, e_abs, _), pts, info in zip(members, selected, points, done):
             runs_out.append({"loss": loss, "equivalent_data": size, "seed": run.seed, "draw": run.draw,
@@ -253,14 +333,13 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
                              "code": info.get("code"), "snapshots": pts})
             curves[run.name] = _read_curve(run_dir / "latent" / run.name / "curve.csv")
         if loss not in {key.split(" ")[0] for key in shown}:  # one model per loss in the trajectory plot
-            shown[f"{loss} e{size} (seed {members[0].seed})"] = selected[0][2][..., :n_obs]
+            shown[f"{loss} e{size} (seed {members[0].seed})"] = selected[0][2]
         rows.append({"loss": loss, "equivalent_data": size, "train_frames": members[0].frames,
                      "p": float(attrs["p_eff"]) if loss == "lxp" else 1.0,
                      "trained_with": sorted({(i.get("code") or {}).get("commit") or "unknown" for i in done}),
                      "force_evaluations": force_evaluations(members[0], attrs, latent_cfg, n_val),
                      "e_abs": summarise([e[1] for e in selected]), "e_sq": summarise([e[0] for e in selected]),
-                     "seed_disagreement": seed_disagreement([e[2][..., :n_obs] for e in selected],
-                                                            z_true[..., :n_obs]),
+                     "seed_disagreement": seed_disagreement([e[2] for e in selected], z_true[..., :n_obs]),
                      "seconds": [i.get("seconds") for i in done], "curve": _curve([p for p in points if p])})
     progress.close()
     plots = run_dir / "plots"
@@ -275,7 +354,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     plot_error_curves(files["error_curves"], rows)
     largest = max(r.frames for r in runs)
     report = {"encoded": str(encoded), "test_trajectories": trajs, "frames": len(t), "substeps": eval_cfg.substeps,
-              "p_eff": float(attrs["p_eff"]), "model": latent_cfg.model, "rows": rows, "runs": runs_out,
+              "snapshot_trajectories": n_snap, "p_eff": float(attrs["p_eff"]), "model": latent_cfg.model, "rows": rows, "runs": runs_out,
               "autoencoder": encoding_diagnostics(encoded, split.first_kept("train", largest)),
               "plots": {k: str(v) for k, v in files.items()}}
     write_report(run_dir / "report.json", report)

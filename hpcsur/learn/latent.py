@@ -360,15 +360,17 @@ def rk4_step(g, z: torch.Tensor, dt: float) -> torch.Tensor:
 
 
 def rk4_rollout(g, z0: torch.Tensor, dt: float, steps: int, every: int = 1, progress=None) -> torch.Tensor:
-    """Classical RK4 for dz/dt = g(z) from z0 (batch, d); returns every ``every``-th state,
-    shape (steps // every + 1, batch, d), starting with z0. No graph is kept between steps.
-    ``progress`` (a :class:`hpcsur.log.Progress` in RK4 steps), if given, is advanced at each kept state."""
+    """Classical RK4 for dz/dt = g(z) from z0 (..., d); returns every ``every``-th state,
+    shape (steps // every + 1, ..., d), starting with z0. No graph is kept between steps.
+    ``progress`` (a :class:`hpcsur.log.Progress` in trajectory steps: one RK4 step of one of the z0[..., :]
+    states), if given, is advanced at each kept state."""
     out = [z0.detach()]
     z = z0.detach()
+    paths = z0[..., 0].numel()
     for n in range(1, steps + 1):
         z = rk4_step(g, z, dt).detach()
         if n % every == 0:
             out.append(z)
             if progress is not None:
-                progress.update(every)
+                progress.update(every * paths)
     return torch.stack(out)

@@ -57,7 +57,8 @@ def test_paths(encoded: str, split: Split, trajectories: int | None, frames: int
 
 def rollout_many(models: list, z_true: np.ndarray, t: np.ndarray, substeps: int, progress=None) -> np.ndarray:
     """RK4 rollouts of K models of one architecture at once (:func:`stack_models`), each from
-    z_true[0] over the stored times; returns (K, F, T, d) float64. ``progress`` counts the RK4 steps."""
+    z_true[0] over the stored times; returns (K, F, T, d) float64. ``progress`` counts trajectory steps
+    (K T per RK4 step)."""
     frame_dt = float(t[1] - t[0])
     with torch.no_grad():
         stacked = stack_models([m.double().eval() for m in models])

@@ -54,6 +54,7 @@ def protocol(spec: JobSpec, report: dict) -> dict:
                         "epochs": ae.epochs, "lr": ae.lr},
         "draws": spec.labels.draws, "test_trajectories": len(report["test_trajectories"]),
         "validation_trajectories": spec.split.validation, "substeps": report["substeps"], "metric": METRIC,
+        "snapshot_trajectories": report.get("snapshot_trajectories"),   # the error-vs-epoch curves' test set
     }
 
 

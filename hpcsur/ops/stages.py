@@ -114,13 +114,16 @@ def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
     """Score every trained model; write report.json, the plots and the results claim (only for a
     complete evaluation: all losses, sizes and seeds of the spec)."""
     from hpcsur import store
+    import os
+
+    import torch
+
     from hpcsur.learn.evaluate import evaluate_run
-    from hpcsur.learn.stages import use_threads
     from hpcsur.ops.results import write_results
 
     latent = spec.require("latent", "evaluate")
     spec.require("autoencoder", "evaluate")
-    use_threads(spec.train)
+    torch.set_num_threads(spec.evaluate.threads or len(os.sched_getaffinity(0)))   # it runs alone
     if not store.exists(encoded_path(spec)):
         raise InputError(f"store {encoded_path(spec)}: does not exist; run `hpcsur encode` first")
     for stage in ("encode", "train-latent"):

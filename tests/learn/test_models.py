@@ -109,9 +109,9 @@ def test_stacked_models_equal_each_model_alone(name):
     z = batch(d=4, n=6, seed=4).reshape(1, 6, 4).repeat(3, 1, 1) + torch.arange(3.0).reshape(3, 1, 1)
     with torch.no_grad():
         assert torch.allclose(stacked(z), torch.stack([m(z[i]) for i, m in enumerate(models)]), atol=1e-12)
-        counter = Progress(20, unit="RK4 steps", enabled=False)
+        counter = Progress(20 * 3 * 6, unit="trajectory steps", enabled=False)
         paths = rk4_rollout(stacked, z, 0.01, 20, every=5, progress=counter)
-        assert counter.done == 20                  # the evaluate stage's progress line counts every step
+        assert counter.done == 20 * 3 * 6          # the evaluate stage's progress: every step of every path
         for i, m in enumerate(models):
             assert torch.allclose(paths[:, i], rk4_rollout(m, z[i], 0.01, 20, every=5), atol=1e-12)
 

@@ -12,7 +12,12 @@ from conftest import HPCSUR, PP_JOB, write_job
 from hpcsur import store as zstore
 from hpcsur.errors import InputError
 from hpcsur.learn.distributed import init_backend
+from hpcsur.learn.data import split_of
+from hpcsur.learn.rollout import rollout_many, test_paths, trajectory_errors
+from hpcsur.learn.stages import latent_model, latent_runs, run_meta
 from hpcsur.learn.train import BEST, CHECKPOINT, FitConfig, fit, load_checkpoint, load_snapshots
+from hpcsur.ops.jobspec import load_job
+from hpcsur.ops.stage_table import encoded_path
 
 
 class Targets:
@@ -186,3 +191,33 @@ def test_seeds_train_on_their_own_draw_and_validation_free_protocols_cost_no_val
     assert row["force_evaluations"] == {"per_frame": 10, "train_frames": 240, "train": 2400,
                                         "validation_frames": 0, "validation": 0, "total": 2400}
     assert [p["epoch"] for p in row["curve"]] == [2, 4]
+    # each scored row is kept (run/evaluate/<loss>-e<size>.npz, keyed by the models' weights and the test set): a
+    # stopped or repeated evaluate reuses it, the same numbers ...
+    cache = run / "evaluate" / "lxp-e60.npz"
+    assert cache.exists()
+    again = subprocess.run([HPCSUR, "evaluate", str(job), "--loss", "lxp"], capture_output=True, text=True,
+                           timeout=300)
+    assert again.returncode == 0 and "lxp e60: scored before with the same models" in again.stderr, again.stderr
+    assert json.loads((run / "report.json").read_text())["rows"][0] == row
+    # ... and the snapshots of the error-vs-epoch curves on fewer test trajectories are other rollouts: rescored,
+    # the scored models' errors unchanged (always on every test trajectory), the curves on the first one only
+    job.write_text(text + "[evaluate]\nsnapshot_trajectories = 1\n")
+    subset = subprocess.run([HPCSUR, "evaluate", str(job), "--loss", "lxp"], capture_output=True, text=True,
+                            timeout=300)
+    assert subset.returncode == 0 and "scored before" not in subset.stderr, subset.stderr
+    report = json.loads((run / "report.json").read_text())
+    assert report["snapshot_trajectories"] == 1 and report["rows"][0]["e_abs"] == row["e_abs"]
+    spec = load_job(job)
+    encoded = encoded_path(spec)
+    dataset = zstore.open_dataset(encoded)
+    attrs = dataset.attrs
+    split = split_of(dataset, 1, 2, attrs.get("kept_frames"))
+    t, z_true, _ = test_paths(encoded, split, None, None)
+    first = next(r for r in latent_runs(spec.latent, attrs, split, ["lxp"], None, None) if r.seed == 1)
+    snaps = load_snapshots(run / "latent" / first.name, run_meta(attrs, spec.latent, first))
+    n_obs = int(attrs["n_obs"])
+    for (epoch, state), point in zip(snaps, report["runs"][0]["snapshots"]):
+        pred = rollout_many([latent_model(attrs, spec.latent, state)], z_true[:, :1], t, spec.evaluate.substeps)[0]
+        assert point["epoch"] == epoch
+        assert point["e_abs"] == pytest.approx(float(np.mean(trajectory_errors(pred[..., :n_obs],
+                                                                              z_true[:, :1, :n_obs])[1])), rel=1e-12)
