@@ -13,7 +13,8 @@ from hpcsur import store as zstore
 from hpcsur.errors import InputError
 from hpcsur.learn.distributed import init_backend
 from hpcsur.learn.data import split_of
-from hpcsur.learn.rollout import rollout_many, test_paths, trajectory_errors
+from hpcsur.learn.rollout import rollout_many, trajectory_errors
+from hpcsur.learn.rollout import test_paths as read_test_paths   # (not a pytest test)
 from hpcsur.learn.stages import latent_model, latent_runs, run_meta
 from hpcsur.learn.train import BEST, CHECKPOINT, FitConfig, fit, load_checkpoint, load_snapshots
 from hpcsur.ops.jobspec import load_job
@@ -212,7 +213,7 @@ def test_seeds_train_on_their_own_draw_and_validation_free_protocols_cost_no_val
     dataset = zstore.open_dataset(encoded)
     attrs = dataset.attrs
     split = split_of(dataset, 1, 2, attrs.get("kept_frames"))
-    t, z_true, _ = test_paths(encoded, split, None, None)
+    t, z_true, _ = read_test_paths(encoded, split, None, None)
     first = next(r for r in latent_runs(spec.latent, attrs, split, ["lxp"], None, None) if r.seed == 1)
     snaps = load_snapshots(run / "latent" / first.name, run_meta(attrs, spec.latent, first))
     n_obs = int(attrs["n_obs"])
