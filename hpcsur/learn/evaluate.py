@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import math
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -124,11 +125,6 @@ def plot_error_curves(path: Path, rows: list[dict]) -> None:
     plt.close(fig)
 
 
-def row_label_of(row: Row) -> str:
-    """The cache file's name of a row: <loss>-e<size>."""
-    return f"{row.members[0].loss}-e{row.members[0].size}"
-
-
 def row_label(row: dict) -> str:
     return f"{row['loss']} e{row['equivalent_data']}"
 
@@ -160,6 +156,12 @@ class Row:
     selected: list                 # one model per seed
     snapshots: list                # (seed index, epoch, model)
     key: str = ""                  # fingerprint of the models and the test set (the cache's key)
+    cached: tuple | None = None    # (selected, points) scored before under that key
+
+    @property
+    def name(self) -> str:
+        """<loss>-e<size>: the name of the row's cache file."""
+        return f"{self.members[0].loss}-e{self.members[0].size}"
 
     def work(self, steps: int, trajectories: int, snapshot_trajectories: int) -> int:
         """Trajectory steps (one RK4 step of one model on one test trajectory) of the row's rollouts."""
@@ -196,12 +198,16 @@ def read_row(path: Path, key: str):
     """The scores of a row evaluated before with the same fingerprint, else None."""
     if not path.exists():
         return None
-    with np.load(path) as cached:
-        if str(cached["key"]) != key:
-            return None
-        selected = [(float(q), float(a), pred) for q, a, pred in zip(cached["e_sq"], cached["e_abs"],
-                                                                       cached["predictions"])]
-        return selected, json.loads(str(cached["points"]))
+    try:                                 # np.load never unpickles; the zip's CRC-32s catch a damaged file
+        with np.load(path) as cached:
+            if str(cached["key"]) != key:
+                return None
+            selected = [(float(q), float(a), pred) for q, a, pred in zip(cached["e_sq"], cached["e_abs"],
+                                                                           cached["predictions"])]
+            return selected, json.loads(str(cached["points"]))
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile) as err:
+        log.warning("evaluate: %s is unreadable (%s); scoring the row again", path, err)
+        return None
 
 
 def write_row(path: Path, key: str, selected, points) -> None:
@@ -312,19 +318,19 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     for row in todo:
         row.key = fingerprint(row.selected + [m for _, _, m in row.snapshots], z_true[0], t, eval_cfg.substeps,
                               n_snap)
-    cached = {id(row): read_row(cache_dir / f"{row_label_of(row)}.npz", row.key) for row in todo}
+        row.cached = read_row(cache_dir / f"{row.name}.npz", row.key)
     progress = Progress(sum(row.work(steps, n_test, n_snap) for row in todo), unit="trajectory steps",
                         label="evaluate")
-    progress.resumed(sum(row.work(steps, n_test, n_snap) for row in todo if cached[id(row)] is not None))
+    progress.resumed(sum(row.work(steps, n_test, n_snap) for row in todo if row.cached is not None))
     for row in todo:
         members, loss, size = row.members, row.members[0].loss, row.members[0].size
-        if cached[id(row)] is not None:
+        if row.cached is not None:
             log.info("evaluate: %s e%s: scored before with the same models and test set (%s)", loss, size,
-                     cache_dir / f"{row_label_of(row)}.npz")
-            selected, points = cached[id(row)]
+                     cache_dir / f"{row.name}.npz")
+            selected, points = row.cached
         else:
             selected, points = score_row(row, z_true, t, eval_cfg.substeps, n_obs, n_snap, progress)
-            write_row(cache_dir / f"{row_label_of(row)}.npz", row.key, selected, points)
+            write_row(cache_dir / f"{row.name}.npz", row.key, selected, points)
         done = [_read_json(run_dir / "latent" / run.name / "done.json") for run in members]
         for run, (e_sq, e_abs, _), pts, info in zip(members, selected, points, done):
             runs_out.append({"loss": loss, "equivalent_data": size, "seed": run.seed, "draw": run.draw,
@@ -354,7 +360,8 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     plot_error_curves(files["error_curves"], rows)
     largest = max(r.frames for r in runs)
     report = {"encoded": str(encoded), "test_trajectories": trajs, "frames": len(t), "substeps": eval_cfg.substeps,
-              "snapshot_trajectories": n_snap, "p_eff": float(attrs["p_eff"]), "model": latent_cfg.model, "rows": rows, "runs": runs_out,
+              "snapshot_trajectories": n_snap, "p_eff": float(attrs["p_eff"]), "model": latent_cfg.model,
+              "rows": rows, "runs": runs_out,
               "autoencoder": encoding_diagnostics(encoded, split.first_kept("train", largest)),
               "plots": {k: str(v) for k, v in files.items()}}
     write_report(run_dir / "report.json", report)

@@ -6,6 +6,7 @@ sections it needs (one error line naming the missing table), and reports on rank
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 from hpcsur.errors import InputError
@@ -113,10 +114,9 @@ def train_latent(spec: JobSpec, losses=None, seeds=None, resume: bool = False, b
 def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
     """Score every trained model; write report.json, the plots and the results claim (only for a
     complete evaluation: all losses, sizes and seeds of the spec)."""
-    from hpcsur import store
-    import os
-
     import torch
+
+    from hpcsur import store
 
     from hpcsur.learn.evaluate import evaluate_run
     from hpcsur.ops.results import write_results

@@ -200,6 +200,11 @@ def test_seeds_train_on_their_own_draw_and_validation_free_protocols_cost_no_val
                            timeout=300)
     assert again.returncode == 0 and "lxp e60: scored before with the same models" in again.stderr, again.stderr
     assert json.loads((run / "report.json").read_text())["rows"][0] == row
+    cache.write_bytes(cache.read_bytes()[:-40])          # a damaged row file is scored again, never trusted
+    damaged = subprocess.run([HPCSUR, "evaluate", str(job), "--loss", "lxp"], capture_output=True, text=True,
+                             timeout=300)
+    assert damaged.returncode == 0 and "is unreadable" in damaged.stderr, damaged.stderr
+    assert json.loads((run / "report.json").read_text())["rows"][0] == row
     # ... and the snapshots of the error-vs-epoch curves on fewer test trajectories are other rollouts: rescored,
     # the scored models' errors unchanged (always on every test trajectory), the curves on the first one only
     job.write_text(text + "[evaluate]\nsnapshot_trajectories = 1\n")
