@@ -29,6 +29,7 @@ disk every epoch, read ahead by a thread or by ``loader_workers`` DataLoader pro
 """
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from dataclasses import dataclass
@@ -39,6 +40,8 @@ import torch
 
 from hpcsur.errors import DataError, InputError
 from hpcsur.store import open_dataset, rank_shards
+
+log = logging.getLogger(__name__)
 
 MiB = 2 ** 20
 
@@ -159,6 +162,26 @@ def pieces(frame_range: tuple[int, int], frames_per_shard: int, cuts: Sequence[i
     if not out:
         raise InputError(f"frame selection [{g0}, {g1}) keeps no frame under [split] observable_floor")
     return out
+
+
+def split_pieces(selection: dict[int, Piece], parts: int) -> dict[int, Piece]:
+    """Every piece cut into ``parts`` consecutive pieces of near-equal frame counts, keyed 0, 1, ... (a shard's
+    pieces keep its number in ``Piece.shard``): a selection of fewer shards than workers still gives each worker
+    its own frames, disjoint, together all of them."""
+    out = {}
+    for piece in (selection[s] for s in sorted(selection)):
+        bounds = [round(i * piece.frames / parts) for i in range(parts + 1)]
+        for a, b in zip(bounds, bounds[1:]):
+            if b > a:
+                out[len(out)] = Piece(piece.shard, piece.start + a * piece.step,
+                                      piece.start + (b - 1) * piece.step + 1, piece.step)
+    return out
+
+
+def smallest_share(selection: dict[int, Piece], size: int) -> int:
+    """A lower bound on any worker's frames in any epoch: the ``len // size`` smallest pieces."""
+    counts = sorted(p.frames for p in selection.values())
+    return sum(counts[:len(counts) // size])
 
 
 def epoch_pieces(selection: dict[int, Piece], rank: int, size: int, epoch: int, seed: int) -> list[Piece]:
@@ -343,14 +366,29 @@ class BatchStream:
                              f"at least {need:.1f} MB ({prefetch + 1 + loader_workers} shards of "
                              f"{shard_bytes / MiB:.1f} MB in flight + one batch)")
         self._buffer = ShuffleBuffer(self.capacity, np.random.default_rng(0), torch.empty((), dtype=dtype).numpy().dtype)
-        if training and (len(self.selection) < size or self.steps(0) < 1):
-            raise InputError(f"[train] workers = {size}: the {len(self.selection)} shard(s) of {self.n_frames} frames "
-                             f"in this selection leave a worker without one full batch of {self.batch}; use fewer "
-                             "workers, a smaller batch, or smaller [store] frames_per_shard")
+        if training:
+            self._share_out(size)
         if 2 * cache_bytes <= budget:
-            self.cache = {s: read_shard(dataset, s, self.names, self.draw) for s in sorted(self.selection)}
+            self.cache = {s: read_shard(dataset, s, self.names, self.draw)
+                          for s in sorted({p.shard for p in self.selection.values()})}
 
     # -- plan ----------------------------------------------------------------------------------
+    def _share_out(self, size: int) -> None:
+        """Give every worker frames and at least one batch an epoch. Fewer shards than workers: each shard's
+        frames are cut into ``size`` pieces. Fewer frames per worker than a batch (a small training set, e.g.
+        250 frames for 2 x 128): the batch becomes the smallest share, so an epoch is one step on all the frames,
+        as a data loader that keeps its last partial batch takes one step on a set smaller than its batch."""
+        if len(self.selection) < size:
+            self.selection = split_pieces(self.selection, size)
+        share = smallest_share(self.selection, size)
+        if share < 1:
+            raise InputError(f"[train] workers = {size}: the {self.n_frames} frame(s) of this selection leave a "
+                             "worker without any; use fewer workers or more training frames")
+        if share < self.batch:
+            log.warning("batch %d per worker is more than the %d frames a worker gets (%d frames, %d workers): "
+                        "batch %d, one step an epoch", self.batch, share, self.n_frames, size, share)
+            self.batch = share
+
     def pieces(self, epoch: int) -> list[Piece]:
         return epoch_pieces(self.selection, self.rank, self.size, epoch, self.seed)
 
@@ -363,7 +401,6 @@ class BatchStream:
 
     # -- reading -------------------------------------------------------------------------------
     def _blocks(self, piece_list: list[Piece]) -> Iterator[tuple[Piece, dict[str, np.ndarray]]]:
-        by_shard = {p.shard: p for p in piece_list}
         if self.cache is not None:
             source = ((p.shard, self.cache[p.shard]) for p in piece_list)
         elif self.loader_workers > 0:
@@ -373,9 +410,9 @@ class BatchStream:
             source = ((s, {k: np.asarray(v) for k, v in arrays.items()}) for s, arrays in loader)
         else:
             source = _read_pieces_thread(self.path, self.names, piece_list, self.prefetch, self.draw)
-        for shard, arrays in source:   # the piece's rows only, so a consumer reads [0, piece.frames)
-            piece = by_shard[int(shard)]
-            yield piece, {k: v[piece.rows] for k, v in arrays.items()}
+        for piece, (shard, arrays) in zip(piece_list, source):   # every source keeps the list's order
+            assert int(shard) == piece.shard
+            yield piece, {k: v[piece.rows] for k, v in arrays.items()}   # so a consumer reads [0, piece.frames)
 
     def _to_torch(self, arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
         return {k: torch.from_numpy(v).to(self.dtype) if v.dtype.kind == "f" else torch.from_numpy(v)

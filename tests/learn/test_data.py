@@ -6,7 +6,7 @@ import torch
 
 from hpcsur import store as zstore
 from hpcsur.errors import InputError
-from hpcsur.learn.data import BatchStream, Piece, ShuffleBuffer, Split, frame_moments, pieces
+from hpcsur.learn.data import BatchStream, Piece, ShuffleBuffer, Split, frame_moments, pieces, split_pieces
 
 SCHEMA = zstore.DatasetSchema(n_traj=6, frames_per_traj=20, n_state=64, k=2, m=1, n_obs=1, full_labels=False,
                               frames_per_shard=5, chunk_frames=5)
@@ -93,12 +93,26 @@ def test_all_frames_covers_the_selection_once(store_path):
     assert sorted(seen) == list(range(20, 60))
 
 
+def test_fewer_shards_than_workers_are_cut_into_disjoint_pieces(store_path, caplog):
+    """One shard of 5 frames, 2 workers, batch 4 (the scan's L_z on one 250-frame trajectory, 2 x 128): each worker
+    gets its own part of the shard, together all of it, and one step an epoch on all its frames (batch 2)."""
+    streams = [BatchStream(store_path, ["x", "step"], (5, 10), 4, rank=r, size=2, seed=3) for r in range(2)]
+    assert "one step an epoch" in caplog.text
+    for epoch in range(3):
+        ids = [frame_ids(s.batches(epoch)) for s in streams]
+        assert [s.steps(epoch) for s in streams] == [1, 1] and [len(i) for i in ids] == [2, 2]
+        assert not set(ids[0]) & set(ids[1]) and set(ids[0]) | set(ids[1]) <= set(range(5, 10))
+    cut = split_pieces({1: Piece(1, 0, 5), 3: Piece(3, 1, 5, 2)}, 2)   # a strided piece: frames 1 and 3
+    assert cut == {0: Piece(1, 0, 2), 1: Piece(1, 2, 5), 2: Piece(3, 1, 2, 2), 3: Piece(3, 3, 4, 2)}
+    assert sum(p.frames for p in cut.values()) == 7
+
+
 def test_memory_budget_and_worker_count_errors_are_one_line(store_path):
     with pytest.raises(InputError, match=r"memory_mb = .* too small") as err:
         BatchStream(store_path, ["x"], (0, 100), 32, memory_mb=0.01)
     assert "\n" not in str(err.value)
-    with pytest.raises(InputError, match=r"workers = 4: the 2 shard\(s\)"):
-        BatchStream(store_path, ["x"], (0, 10), 2, rank=0, size=4)
+    with pytest.raises(InputError, match=r"workers = 4: the 3 frame\(s\) of this selection leave a worker"):
+        BatchStream(store_path, ["x"], (0, 3), 1, rank=0, size=4)
     with pytest.raises(InputError, match="has no array 'jf'"):
         BatchStream(store_path, ["jf"], (0, 10), 2)
 
