@@ -69,13 +69,16 @@ def store_cuts(dataset, floor: float | None) -> tuple[int, ...] | None:
 @dataclass(frozen=True)
 class Split:
     """Trajectory ranges of the train / validation / test sets of a store, and with ``cuts`` (frames in use per
-    trajectory, :func:`observable_cuts`) which leading frames of each trajectory are used."""
+    trajectory, :func:`observable_cuts`) which leading frames of each trajectory are used. A selection with stride
+    r > 1 (the frames with all forces under ``[labels] full_every = r``) takes trajectory t's frames o_t, o_t + r,
+    ... with o_t = ``phases[t]`` (the store's ``full_phases``; 0 when there are none)."""
 
     n_traj: int
     frames_per_traj: int
     validation: int
     test: int
     cuts: tuple[int, ...] | None = None
+    phases: tuple[int, ...] | None = None
 
     @property
     def train_trajectories(self) -> int:
@@ -93,27 +96,44 @@ class Split:
         return range(g0 // self.frames_per_traj, g1 // self.frames_per_traj)
 
     def kept(self, which: str, stride: int = 1) -> int:
-        """Frames in use in ``which`` (with ``stride`` r: only trajectory frames 0, r, 2r, ...)."""
-        return sum(-(-self._in_use(t) // stride) for t in self.trajectories(which))
+        """Frames in use in ``which`` (with ``stride`` r: only trajectory frames o_t, o_t + r, ...)."""
+        return sum(self._selected(t, stride) for t in self.trajectories(which))
 
     def _in_use(self, traj: int) -> int:
         return self.frames_per_traj if self.cuts is None else self.cuts[traj]
+
+    def phase(self, traj: int, stride: int) -> int:
+        """o_t: the first selected frame of trajectory ``traj`` under ``stride``."""
+        return phase_of(self.phases, traj, stride)
+
+    def _selected(self, traj: int, stride: int) -> int:
+        """How many of frames o_t, o_t + r, ... lie among the trajectory's frames in use."""
+        return max(0, -(-(self._in_use(traj) - self.phase(traj, stride)) // stride))
 
     def first_kept(self, which: str, count: int, stride: int = 1) -> tuple[int, int]:
         """The frame range from the start of ``which`` whose frames in use (every ``stride``-th frame of each
         trajectory) number ``count``."""
         remaining = count
         for t in self.trajectories(which):
-            here = -(-self._in_use(t) // stride)
-            if remaining <= here:
-                return self.frames(which)[0], t * self.frames_per_traj + (remaining - 1) * stride + 1
+            here = self._selected(t, stride)
+            if 0 < remaining <= here:
+                last = self.phase(t, stride) + (remaining - 1) * stride
+                return self.frames(which)[0], t * self.frames_per_traj + last + 1
             remaining -= here
         raise InputError(f"{which}: {count} frames asked for, only {self.kept(which, stride)} in use")
 
 
+def phase_of(phases: Sequence[int] | None, traj: int, stride: int) -> int:
+    """The first frame of trajectory ``traj`` a stride-``stride`` selection takes: its phase in the store's
+    ``full_phases`` for a stride > 1 (the full-label grid), else 0."""
+    return int(phases[traj]) if phases is not None and stride > 1 else 0
+
+
 def split_of(dataset, validation: int, test: int, cuts: tuple[int, ...] | None = None) -> Split:
+    phases = dataset.attrs.get("full_phases")
     split = Split(dataset.schema.n_traj, dataset.schema.frames_per_traj, validation, test,
-                  None if cuts is None else tuple(int(c) for c in cuts))
+                  None if cuts is None else tuple(int(c) for c in cuts),
+                  None if phases is None else tuple(int(o) for o in phases))
     if split.train_trajectories < 1:
         raise InputError(f"[split] validation + test = {validation + test} leaves no training trajectory of "
                          f"{dataset.schema.n_traj}")
@@ -140,10 +160,12 @@ class Piece:
 
 
 def pieces(frame_range: tuple[int, int], frames_per_shard: int, cuts: Sequence[int] | None = None,
-           frames_per_traj: int | None = None, stride: int = 1) -> dict[int, Piece]:
+           frames_per_traj: int | None = None, stride: int = 1,
+           phases: Sequence[int] | None = None) -> dict[int, Piece]:
     """The shards intersecting ``[g0, g1)`` and which of their frames are selected; with ``cuts`` only each
     trajectory's first ``cuts[t]`` frames (a shard never straddles trajectories, so a piece stays contiguous);
-    with ``stride`` r only trajectory frames 0, r, 2r, ... (``[labels] full_every``: the frames with all forces)."""
+    with ``stride`` r only trajectory frames o_t, o_t + r, ... (``[labels] full_every``: the frames with all
+    forces; o_t = ``phases[t]``, the store's ``full_phases``, or 0)."""
     g0, g1 = frame_range
     if not 0 <= g0 < g1:
         raise InputError(f"frame selection [{g0}, {g1}) is empty")
@@ -155,7 +177,8 @@ def pieces(frame_range: tuple[int, int], frames_per_shard: int, cuts: Sequence[i
         offset = (s * S) % F                          # the shard's first frame within its trajectory
         if cuts is not None:
             stop = min(stop, cuts[(s * S) // F] - offset)
-        start += -(offset + start) % stride           # the first selected trajectory frame
+        phase = phase_of(phases, (s * S) // F, stride)
+        start += (phase - offset - start) % stride    # the first selected trajectory frame
         if stop <= start:
             continue
         out[s] = Piece(s, start, stop, stride)
@@ -348,7 +371,8 @@ class BatchStream:
         if not 0 <= self.draw < schema.draws:
             raise InputError(f"store {self.path}: draw {self.draw} does not exist (the store has {schema.draws} "
                              "index set(s) per frame; [labels] draws)")
-        self.selection = pieces(frame_range, schema.frames_per_shard, cuts, schema.frames_per_traj, stride)
+        self.selection = pieces(frame_range, schema.frames_per_shard, cuts, schema.frames_per_traj, stride,
+                                dataset.attrs.get("full_phases"))
         self.n_frames = sum(p.frames for p in self.selection.values())
         specs = schema.arrays()
         self.bytes_per_frame = sum(specs[n].bytes_per_frame // (schema.draws if n in schema.draw_arrays() else 1)
@@ -471,7 +495,7 @@ def frame_sums(path: str, name: str, frame_range: tuple[int, int], draw: int = 0
     frame, the same for every part, so the parts' sums add up (and the variance does not cancel)."""
     dataset = open_dataset(path)
     selected = sorted(pieces(frame_range, dataset.schema.frames_per_shard, cuts, dataset.schema.frames_per_traj,
-                             stride).items())
+                             stride, dataset.attrs.get("full_phases")).items())
     if not selected:
         raise DataError(f"{path}: no frames of {name} selected in [{frame_range[0]}, {frame_range[1]})")
     first_shard, first = selected[0]

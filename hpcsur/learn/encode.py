@@ -220,7 +220,8 @@ def encode_store(source: str, target: str, ae: ClosureAutoencoder, comm, resume:
                   "autoencoder": digest, "latent_dim": ae.shape.latent_dim, "n_obs": ae.shape.n_obs,
                   "observables": src.attrs.get("observables", []), "k": src.schema.k, "draws": src.schema.draws,
                   "p_eff": src.schema.k / int(src.attrs["layout"]["n_blocks"]), "right_inverse": right_inverse,
-                  "full_every": src.attrs.get("full_every")})   # [labels] full_every: J f is NaN between those frames
+                  "full_every": src.attrs.get("full_every"),    # [labels] full_every: J f is NaN between those frames
+                  "full_phases": src.attrs.get("full_phases")})
     if ae.shape.observable_scale:                           # z* = s phi*: plots and exports show phi* itself
         attrs["observable_scale"] = list(ae.shape.observable_scale)
     cuts = store_cuts(src, observable_floor)

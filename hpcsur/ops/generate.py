@@ -34,7 +34,7 @@ import numpy as np
 from hpcsur import __version__
 from hpcsur.errors import InputError
 from hpcsur.log import Progress
-from hpcsur.ops.jobspec import JobSpec, count_full_labels, dump_job, full_label_frames
+from hpcsur.ops.jobspec import JobSpec, count_full_labels, dump_job, full_label_frames, full_label_phases
 from hpcsur.ops.systems import build_system, initial_state, make_domain, domain_shape, min_cells_per_rank
 from hpcsur.parallel.grid import check_grid
 from hpcsur.parallel.sampling import index_set, n_chosen
@@ -119,6 +119,7 @@ def dataset_attrs(spec: JobSpec, system, plan: Plan) -> dict:
         "steps": spec.simulation.steps, "integrator": spec.integrator,
         "n_traj": spec.simulation.trajectories, "frames_per_traj": plan.frames_per_traj,
         "full_labels": spec.labels.full, "full_every": spec.labels.full_every,
+        "full_phases": None if (phases := full_label_phases(spec)) is None else phases.tolist(),
         "full_label_frames": count_full_labels(spec), "positions_unwrapped": registry.get(spec.kind).positions_unwrapped,
         "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "host": socket.gethostname(),
     }

@@ -118,9 +118,15 @@ class Labels:
     p: float = field(gt=0.0, le=1.0, doc="fraction of blocks whose forces are computed")
     full: bool = field(False, doc="also store the forces on all blocks (L_z / L_x baselines)")
     full_every: Optional[int] = field(None, ge=1, doc="with full = true, compute all forces only on every full_every-th "
-                                                      "frame of each training trajectory (frames 0, r, 2r, ...) and on "
-                                                      "every validation frame -- the frames L_z / L_x train and validate "
-                                                      "on; f_full is NaN elsewhere (default: every frame)")
+                                                      "frame of each training trajectory (frames o, o + r, o + 2r, ... "
+                                                      "with the phase o of full_phase) and on every validation frame -- "
+                                                      "the frames L_z / L_x train and validate on; f_full is NaN "
+                                                      "elsewhere (default: every frame)")
+    full_phase: str = field("random", choices=("random", "zero"),
+                            doc="with full_every = r, the first labelled frame o of each training trajectory: random "
+                                "(drawn from 0 .. r-1 per trajectory, seeded by [simulation] seed, so the labelled "
+                                "frames of the trajectories together cover every time, as a random sample of frames "
+                                "does) or zero (frames 0, r, 2r, ... of every trajectory: the same few times)")
     draws: int = field(1, ge=1, le=64, doc="independent index sets per frame; latent seed s trains on draw s mod draws "
                                            "(the labelling cost grows with draws x |I|, never with N)")
     precision: str = field("float64", choices=("float64", "float32"),
@@ -426,6 +432,7 @@ DATA_SECTIONS = ("system", "simulation", "initial", "labels")
 #: Spec fields added after stores and run folders existed, with the default that reproduces what those hold: at
 #: that default they are left out of the data hash and the stage provenance, so older stores and runs stay current.
 LATE_DEFAULTS = {"labels.precision": "float64", "split.observable_floor": None, "labels.full_every": None,
+                 "labels.full_phase": "zero",
                  "system.velocity_seed": None, "autoencoder.observable_scale": None}
 
 
@@ -476,17 +483,32 @@ def parse_job(tables: dict, source: str = "<job>", name: str | None = None) -> J
     return spec
 
 
-def full_label_frames(spec: JobSpec) -> np.ndarray | None:
-    """Which frames get all forces under ``[labels] full_every = r``, as a (T, F) bool mask: frames 0, r, 2r, ... of
-    every training trajectory and every validation frame (test frames are scored on observables and need no
-    forces). None when ``full_every`` is not set: then every frame has them if ``full = true``, none otherwise."""
+def full_label_phases(spec: JobSpec) -> np.ndarray | None:
+    """o_t per trajectory under ``[labels] full_every = r``: ``full_phase = "random"`` draws each from 0 .. r-1 (one
+    stream seeded by [simulation] seed, independent of ranks), ``"zero"`` gives 0. None without ``full_every``."""
     stride = spec.labels.full_every
     if not spec.labels.full or stride is None:
         return None
+    T = spec.simulation.trajectories
+    if spec.labels.full_phase == "zero":
+        return np.zeros(T, dtype=np.int64)
+    return np.random.default_rng([spec.simulation.seed, 0xF0115]).integers(0, stride, size=T)
+
+
+def full_label_frames(spec: JobSpec) -> np.ndarray | None:
+    """Which frames get all forces under ``[labels] full_every = r``, as a (T, F) bool mask: frames o_t, o_t + r, ...
+    of every training trajectory (:func:`full_label_phases`) and every validation frame (test frames are scored on
+    observables and need no forces). None when ``full_every`` is not set: then every frame has them if
+    ``full = true``, none otherwise."""
+    phases = full_label_phases(spec)
+    if phases is None:
+        return None
+    stride = spec.labels.full_every
     T, F = spec.simulation.trajectories, spec.simulation.frames_per_trajectory
     train = max(0, T - spec.split.validation - spec.split.test)
     mask = np.zeros((T, F), dtype=bool)
-    mask[:train, ::stride] = True
+    for t in range(train):
+        mask[t, phases[t]::stride] = True
     mask[train:min(T, train + spec.split.validation)] = True
     return mask
 

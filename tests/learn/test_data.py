@@ -201,27 +201,32 @@ def test_errors_skip_the_frames_out_of_use():
     np.testing.assert_allclose(e_sq, [0.25 / 3.0, 0.0])
 
 
-def test_strided_selection_equals_a_brute_force_mask():
-    """[labels] full_every = r: the L_z / L_x frames are trajectory frames 0, r, 2r, ... in use; pieces, kept and
-    first_kept must select exactly the frames a per-frame mask over the store selects."""
+@pytest.mark.parametrize("phases", [None, (0, 7, 2, 6, 1)])
+def test_strided_selection_equals_a_brute_force_mask(phases):
+    """[labels] full_every = r: the L_z / L_x frames are trajectory frames o_t, o_t + r, ... in use (o_t the store's
+    full_phases, or 0); pieces, kept and first_kept must select exactly the frames a per-frame mask over the store
+    selects -- also where a trajectory's phase lies past its frames in use (trajectory 3: phase 6, 5 in use)."""
     F, S, cuts = 40, 8, (33, 40, 17, 5, 40)
-    split = Split(n_traj=5, frames_per_traj=F, validation=1, test=1, cuts=cuts)
+    split = Split(n_traj=5, frames_per_traj=F, validation=1, test=1, cuts=cuts, phases=phases)
     frame = np.arange(5 * F)
     in_use = (frame % F) < np.repeat(cuts, F)
     for r in (1, 3, 8, 11):
-        mask = in_use & ((frame % F) % r == 0)
+        offset = np.repeat(phases, F) % r if phases is not None and r > 1 else 0   # the phases drawn for this r
+        split_r = Split(5, F, 1, 1, cuts, None if phases is None else tuple(int(o) % r for o in phases))
+        mask = in_use & ((frame % F) >= offset) & ((frame % F - offset) % r == 0)
         train = mask & (frame < 3 * F)
-        assert split.kept("train", r) == train.sum()
+        assert split_r.kept("train", r) == train.sum()
         for count in (1, 4, int(train.sum())):
-            g0, g1 = split.first_kept("train", count, r)
+            g0, g1 = split_r.first_kept("train", count, r)
             chosen = np.flatnonzero(train & (frame < g1))
             assert g0 == 0 and len(chosen) == count and chosen[-1] == g1 - 1
-            sel = pieces((g0, g1), S, cuts, F, r)
+            sel = pieces((g0, g1), S, cuts, F, r, split_r.phases)
             picked = np.concatenate([p.shard * S + np.arange(S)[p.rows] for p in sel.values()])
             np.testing.assert_array_equal(picked, chosen)
             assert sum(p.frames for p in sel.values()) == count
         with pytest.raises(InputError, match="frames asked for"):
-            split.first_kept("train", int(train.sum()) + 1, r)
+            split_r.first_kept("train", int(train.sum()) + 1, r)
+    assert split.phase(1, 3) == (0 if phases is None else 7) and split.phase(1, 1) == 0   # stride 1: every frame
 
 
 def test_seed_disagreement_is_e_abs_against_the_last_seed_on_the_scored_points():

@@ -316,7 +316,7 @@ def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_pat
     """[split] observable_floor = 1e-4 (the reference's Allen-Cahn rule): each trajectory is used until its torus
     has vanished; encode stores NaN past the cut and records the cuts; training, validation and the scored points
     use only the frames in use, so the whole pipeline runs where it would otherwise stop. With [labels]
-    full_every = 3 as the paper job, J f exists exactly on frames 0, 3, 6, ... in use of the training trajectories
+    full_every = 3 as the paper job, J f exists exactly on frames o, o + 3, ... in use of the training trajectories
     and on the validation frames in use, and L_z (its own size, batch and rate per loss) trains on those."""
     from hpcsur.learn.data import observable_cuts
 
@@ -337,12 +337,16 @@ def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_pat
     cuts = observable_cuts(phi, 1e-4)
     assert encoded.attrs["kept_frames"] == list(cuts) and 0 < min(cuts) and max(cuts) < phi.shape[1]
     frame = np.arange(phi.shape[1])
+    phases = encoded.attrs["full_phases"]
+    assert phases == source.attrs["full_phases"] and all(0 <= o < 3 for o in phases)
+    budget = sum(len(range(o, 61, 3)) for o in phases[:4]) + 61          # 4 training trajectories + 1 validation
     for t, cut in enumerate(cuts):
         got = encoded.frames(t, arrays=["z", "jf"])
         assert np.all(np.isfinite(got["z"][:cut])) and np.all(np.isnan(got["z"][cut:]))
-        labelled = (frame < cut) & ((frame % 3 == 0) if t < 4 else (t == 4))   # 4 training, 1 validation, 1 test
-        np.testing.assert_array_equal(np.isfinite(got["jf"]).all(-1), labelled, err_msg=f"trajectory {t}")
-    assert source.attrs["full_label_frames"] == 4 * 21 + 61 and encoded.attrs["full_every"] == 3
+        o = phases[t]                                                       # full_phase = "random"
+        labelled = (frame < cut) & ((frame >= o) & ((frame - o) % 3 == 0) if t < 4 else (t == 4))   # 4 training,
+        np.testing.assert_array_equal(np.isfinite(got["jf"]).all(-1), labelled, err_msg=f"trajectory {t}")   # 1 val.
+    assert source.attrs["full_label_frames"] == budget and encoded.attrs["full_every"] == 3
     results = json.loads((tmp_path / "results" / "ac.json").read_text())
     assert {r["loss"] for r in results["rows"]} == {"lz", "lxp"}
     assert all(np.isfinite(r["e_abs"]["mean"]) for r in results["rows"])
@@ -351,8 +355,8 @@ def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_pat
     assert lz["force_evaluations"]["validation_frames"] in (0, cuts[4])   # the validation trajectory's frames in use
     ledger = results["store"]     # what generate computed: partial labels everywhere, full ones on the budget
     k = source.schema.k
-    assert ledger["full_label_frames"] == 4 * 21 + 61 and ledger["partial_force_evaluations"] == 6 * 61 * k
-    assert ledger["force_evaluations"] == 6 * 61 * k + (4 * 21 + 61) * 256 and ledger["bytes_on_disk"] > 0
+    assert ledger["full_label_frames"] == budget and ledger["partial_force_evaluations"] == 6 * 61 * k
+    assert ledger["force_evaluations"] == 6 * 61 * k + budget * 256 and ledger["bytes_on_disk"] > 0
     assert (tmp_path / "results" / results["plots"]["observables"]).stat().st_size > 10_000
     curve = (tmp_path / "run" / "latent" / "lz-e9-s1" / "curve.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,train,val,") and len(curve) == 1 + 3     # epochs = { lz = 3 }

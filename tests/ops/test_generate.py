@@ -279,8 +279,27 @@ def test_float32_storage_rounds_float64_physics_and_resumes_bit_identical(refs, 
     assert_identical(fresh, out, "float32 store resumed after a stop")
 
 
+def test_full_label_phases_are_seeded_and_cover_every_time():
+    """full_phase = "random": the phases are a pure function of [simulation] seed (any rank count computes the same
+    mask), take every value 0 .. r-1 over many trajectories (so the labelled frames cover every time, not r-th
+    ones only), and "zero" gives the grid 0, r, 2r, ... of every trajectory."""
+    from hpcsur.ops.jobspec import full_label_frames, full_label_phases, parse_job
+    import tomllib
+
+    tables = tomllib.loads(pp_job(trajectories=200).replace("full = true", "full = true\nfull_every = 5"))
+    spec = parse_job(tables)
+    phases = full_label_phases(spec)
+    np.testing.assert_array_equal(phases, full_label_phases(parse_job(tables)))
+    assert set(phases.tolist()) == set(range(5))
+    tables["simulation"]["seed"] += 1
+    assert not np.array_equal(full_label_phases(parse_job(tables)), phases)
+    tables["labels"]["full_phase"] = "zero"
+    mask = full_label_frames(parse_job(tables))
+    assert not full_label_phases(parse_job(tables)).any() and mask[0, ::5].all() and not mask[0, 1::5].any()
+
+
 def test_full_every_budgets_the_full_labels(refs, tmp_path):
-    """[labels] full_every = r: all forces only on trajectory frames 0, r, 2r, ... of the training trajectories and
+    """[labels] full_every = r: all forces only on trajectory frames o, o + r, ... of the training trajectories and
     on every validation frame (NaN elsewhere, never computed); those frames equal the every-frame store's, every
     other array is bit-identical, the attributes count the labelled frames, and the store is smaller."""
     from hpcsur.ops.jobspec import full_label_frames, load_job
@@ -291,16 +310,19 @@ def test_full_every_budgets_the_full_labels(refs, tmp_path):
     generate(job, out, 2)
     got, ref = load(out), load(refs["pp"])
     mask = full_label_frames(load_job(job)).reshape(-1)
+    attrs = open_dataset(out).attrs
+    phases = attrs["full_phases"]           # full_phase = "random": one phase in 0 .. 3 per trajectory
+    assert len(phases) == 4 and all(0 <= o < 4 for o in phases)
     expected = np.zeros((4, 15), dtype=bool)
-    expected[:2, [0, 4, 8, 12]] = True      # training trajectories 0, 1: every 4th frame
+    for t in (0, 1):                        # training trajectories 0, 1: every 4th frame from their phase
+        expected[t, phases[t]::4] = True
     expected[2] = True                      # the validation trajectory: every frame; the test one: none
     np.testing.assert_array_equal(mask, expected.reshape(-1))
     np.testing.assert_array_equal(got["f_full"][mask], ref["f_full"][mask])
     assert np.isnan(got["f_full"][~mask]).all()
     for name in ("x", "idx", "f_partial", "phi", "t", "step", "traj"):
         np.testing.assert_array_equal(got[name], ref[name], err_msg=name)
-    attrs = open_dataset(out).attrs
-    assert attrs["full_every"] == 4 and attrs["full_label_frames"] == int(expected.sum()) == 23
+    assert attrs["full_every"] == 4 and attrs["full_label_frames"] == int(expected.sum())
     assert info(out)["bytes_on_disk"] < info(refs["pp"])["bytes_on_disk"]
     res = hpcsur("validate", write_job(tmp_path / "bad", "pp", text.replace("full = true\n", "")))
     assert res.returncode == 2 and "full_every = 4 needs full = true" in res.stderr
