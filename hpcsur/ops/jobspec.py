@@ -134,6 +134,10 @@ class Labels:
                                "runs in float64 either way, and a resumed float32 trajectory restarts from its "
                                "initial state so that it stays bit-identical")
 
+    def __post_init__(self):
+        if self.full_every is None:     # no budget, no phase: a spec without one stays what it was (LATE_DEFAULTS)
+            object.__setattr__(self, "full_phase", "zero")
+
     def validate(self, where: str) -> None:
         if self.full_every is not None and not self.full:
             raise InputError(f"{where} full_every = {self.full_every} needs full = true (it budgets the full labels)")

@@ -283,8 +283,10 @@ def test_full_label_phases_are_seeded_and_cover_every_time():
     """full_phase = "random": the phases are a pure function of [simulation] seed (any rank count computes the same
     mask), take every value 0 .. r-1 over many trajectories (so the labelled frames cover every time, not r-th
     ones only), and "zero" gives the grid 0, r, 2r, ... of every trajectory."""
-    from hpcsur.ops.jobspec import full_label_frames, full_label_phases, parse_job
     import tomllib
+
+    from hpcsur.ops.jobspec import full_label_frames, full_label_phases, parse_job, without_late_defaults
+    from hpcsur.ops.provenance import flatten
 
     tables = tomllib.loads(pp_job(trajectories=200).replace("full = true", "full = true\nfull_every = 5"))
     spec = parse_job(tables)
@@ -295,6 +297,9 @@ def test_full_label_phases_are_seeded_and_cover_every_time():
     assert not np.array_equal(full_label_phases(parse_job(tables)), phases)
     tables["labels"]["full_phase"] = "zero"
     mask = full_label_frames(parse_job(tables))
+    plain = parse_job(tomllib.loads(pp_job()))          # no budget: no phase, and no change to the data's hash
+    assert plain.labels.full_phase == "zero" and "full_phase" not in json.dumps(
+        without_late_defaults(flatten(plain.to_dict())))
     assert not full_label_phases(parse_job(tables)).any() and mask[0, ::5].all() and not mask[0, 1::5].any()
 
 
