@@ -404,6 +404,8 @@ class BatchStream:
         as a data loader that keeps its last partial batch takes one step on a set smaller than its batch."""
         if len(self.selection) < size:
             self.selection = split_pieces(self.selection, size)
+        if self.steps(0) >= 1:          # a selection that trains as it is keeps its batch
+            return
         share = smallest_share(self.selection, size)
         if share < 1:
             raise InputError(f"[train] workers = {size}: the {self.n_frames} frame(s) of this selection leave a "
