@@ -36,7 +36,16 @@ def summarise(values: list[float]) -> dict:
             "std_population": float(a.std()), "values": [float(v) for v in a]}
 
 
+def scored_span(z_true: np.ndarray, traj: int) -> int:
+    """Frames 0 .. n-1 of trajectory ``traj`` that are scored: up to its last frame with a finite truth (past it the
+    trajectory is out of use under ``[split] observable_floor``, and its truth is NaN)."""
+    finite = np.flatnonzero(np.all(np.isfinite(z_true[:, traj]), axis=-1))
+    return int(finite[-1]) + 1 if finite.size else 0
+
+
 def plot_observables(path: Path, t, z_true, predictions: dict, names, n_traj: int = 3) -> None:
+    """Truth and each prediction of the observables on the first test trajectories, over the scored frames only
+    (a rollout past a trajectory's last frame in use is not scored and not drawn)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -47,9 +56,14 @@ def plot_observables(path: Path, t, z_true, predictions: dict, names, n_traj: in
     for i in range(n_obs):
         for j in range(shown):
             ax = axes[i][j]
-            ax.plot(t, z_true[:, j, i], "k-", lw=2, label="truth (encoded)")
+            n = scored_span(z_true, j)
+            ax.plot(t[:n], z_true[:n, j, i], "k-", lw=2, label="truth (encoded)")
             for label, pred in predictions.items():
-                ax.plot(t, pred[:, j, i], "--", lw=1.3, label=label)
+                ax.plot(t[:n], pred[:n, j, i], "--", lw=1.3, label=label)
+            if n < len(t):
+                ax.axvline(t[n - 1] if n else t[0], color="0.6", ls=":", lw=1)
+                ax.text(0.98, 0.95, "out of use after the dotted line\n(observable_floor; not scored)",
+                        transform=ax.transAxes, ha="right", va="top", fontsize=7, color="0.4")
             ax.set_xlabel("t")
             ax.set_ylabel(names[i])
             if i == 0:

@@ -201,6 +201,25 @@ def test_errors_skip_the_frames_out_of_use():
     np.testing.assert_allclose(e_sq, [0.25 / 3.0, 0.0])
 
 
+def test_the_observables_plot_draws_only_the_scored_frames(tmp_path, monkeypatch):
+    """A rollout past a trajectory's last frame in use (its truth NaN under observable_floor) is neither scored nor
+    drawn: every line of that panel ends at the last finite truth frame, a full trajectory's panel keeps them all."""
+    import matplotlib.axes
+
+    from hpcsur.learn.evaluate import plot_observables, scored_span
+
+    t = np.linspace(0.0, 1.0, 12)
+    truth = np.ones((12, 2, 1))
+    truth[7:, 0] = np.nan                               # trajectory 0: in use for frames 0 .. 6
+    assert scored_span(truth, 0) == 7 and scored_span(truth, 1) == 12
+    drawn = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, *a, **k: (drawn.append(len(x)), original(self, x, *a, **k))[1])
+    plot_observables(tmp_path / "obs.png", t, truth, {"model": np.full((12, 2, 1), 2.0)}, ["E"], n_traj=2)
+    assert drawn == [7, 7, 12, 12] and (tmp_path / "obs.png").stat().st_size > 1000
+
+
 @pytest.mark.parametrize("phases", [None, (0, 7, 2, 6, 1)])
 def test_strided_selection_equals_a_brute_force_mask(phases):
     """[labels] full_every = r: the L_z / L_x frames are trajectory frames o_t, o_t + r, ... in use (o_t the store's
