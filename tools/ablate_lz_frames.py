@@ -61,10 +61,11 @@ class MemoryStream:
 
 
 def grid_frames(split, cuts, stride: int, count: int) -> list[tuple[int, int]]:
-    """The first ``count`` training frames 0, r, 2r, ... in use, trajectory by trajectory (what train-latent used)."""
+    """The first ``count`` labelled training frames o_t, o_t + r, ... in use (the store's phases, 0 on a grid),
+    trajectory by trajectory: what train-latent used."""
     out = []
     for traj in split.trajectories("train"):
-        out += [(traj, f) for f in range(0, cuts[traj], stride)]
+        out += [(traj, f) for f in range(split.phase(traj, stride), cuts[traj], stride)]
         if len(out) >= count:
             return out[:count]
     raise SystemExit(f"only {len(out)} grid frames in use, {count} asked for")
