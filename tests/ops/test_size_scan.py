@@ -42,7 +42,7 @@ batch = 32
 hidden = [8]
 losses = ["lz", "lxp"]
 equivalent_data = {{ lz = [20, 60], lxp = [4, 8] }}
-seeds = [1]
+seeds = [1, 2]
 epochs = 3
 batch = 8
 [evaluate]
@@ -95,7 +95,10 @@ def test_size_scan_of_a_real_campaign(tmp_path):
             per_frame = size["blocks"] if row["loss"] == "lz" else k
             assert point["force_computations"] == row["train_frames"] * per_frame
             assert point["e_abs"]["mean"] == pytest.approx(row["e_abs"]["mean"], rel=1e-12)
+            assert point["seed_disagreement"]["mean"] == row["seed_disagreement"]["e_abs"]["mean"] > 0
         for loss, points in size["curves"].items():
             assert size["needed"][loss] == crossing([(p["force_computations"], p["e_abs"]["mean"]) for p in points],
                                                     3e-3)
+            assert size["needed_paper_metric"][loss] == crossing(
+                [(p["force_computations"], p["seed_disagreement"]["mean"]) for p in points], 3e-3)
         assert len(size["curves"]["lz"]) == 2 and len(size["curves"]["lxp"]) == 2
