@@ -1,6 +1,6 @@
 """``hpcsur results [FILES...] [--readme README.md]``: the table of results claims.
 
-Reads ``results/*.json`` (written by ``hpcsur evaluate``) and prints one Markdown table: per job and
+Reads ``results/*.json`` (written by ``hpcsur evaluate``; size-scan files left out) and prints one Markdown table: per job and
 (loss, equivalent data) the training frames, the force evaluations, both error measures, the
 paper's number, the label noise and the protocol. ``--readme`` rewrites the generated blocks of that file
 (``results``: results/*.json; ``ablations``: results/ablations/*.json, where the file has that block), so
@@ -22,7 +22,7 @@ def run(args):
     from pathlib import Path
 
     from hpcsur.errors import InputError
-    from hpcsur.ops.results import BLOCKS, load_results, markdown_table, markers, update_readme
+    from hpcsur.ops.results import BLOCKS, load_results, markdown_table, markers, results_files, update_readme
 
     if args.size_scan:
         from hpcsur.ops.jobspec import load_job
@@ -33,7 +33,7 @@ def run(args):
         path, plot = write_scan(load_job(args.size_scan), tol=args.tolerance)
         print(f"size scan: {path}\nplot: {plot}")
         return 0
-    files = args.files or sorted(str(p) for p in Path(BLOCKS["results"]).glob("*.json"))
+    files = args.files or results_files(BLOCKS["results"])
     if not files:
         raise InputError("no results files given and none in results/ (run `hpcsur evaluate JOB` first)")
     table = markdown_table(load_results(files))
@@ -46,7 +46,7 @@ def run(args):
         print(f"{readme}: results block {'updated' if changed else 'already current'}")
         if not args.files:   # the other generated blocks the README has, each from its own folder
             for block, folder in BLOCKS.items():
-                extra = sorted(str(p) for p in Path(folder).glob("*.json"))
+                extra = results_files(folder)
                 if block == "results" or not extra or markers(block)[0] not in readme.read_text():
                     continue
                 changed = update_readme(readme, markdown_table(load_results(extra), folder), block)

@@ -38,6 +38,23 @@ BEGIN, END = markers("results")
 #: generated README blocks -> the folder of results files each is made from
 BLOCKS = {"results": "results", "ablations": "results/ablations"}
 
+#: The ``kind`` of a size-scan file (``hpcsur results --size-scan``): it lives in results/ beside the per-job files
+#: but is one table per campaign, not rows of one job, so the README table leaves it out.
+SIZE_SCAN = "size-scan"
+
+
+def results_files(folder: str | Path) -> list[str]:
+    """The per-job results files of ``folder`` (``*.json``, sorted), without size-scan files."""
+    out = []
+    for path in sorted(Path(folder).glob("*.json")):
+        try:
+            kind = json.loads(path.read_text()).get("kind")
+        except (OSError, UnicodeDecodeError, ValueError, AttributeError):
+            kind = None                                     # unreadable: load_results says so, in one line
+        if kind != SIZE_SCAN:
+            out.append(str(path))
+    return out
+
 
 def protocol(spec: JobSpec, report: dict) -> dict:
     latent, ae = spec.latent, spec.autoencoder

@@ -24,6 +24,7 @@ from pathlib import Path
 from hpcsur.errors import InputError
 from hpcsur.ops.jobspec import JobSpec, state_layout
 from hpcsur.ops.paper import FIG4, FIG4_TOLERANCE
+from hpcsur.ops.results import SIZE_SCAN
 from hpcsur.parallel.sampling import n_chosen
 
 
@@ -86,7 +87,7 @@ def scan_results(spec: JobSpec, tol: float = FIG4_TOLERANCE) -> dict:
     if not any(s["status"] == "evaluated" for s in sizes):
         raise InputError(f"{spec.source}: no member of the scan is evaluated yet (no report.json in "
                          f"{', '.join(s['report'] for s in sizes)}); run the campaign first")
-    return {"job": spec.name, "spec": spec.source, "spec_hash": spec.spec_hash(), "code": stamp(),
+    return {"kind": SIZE_SCAN, "job": spec.name, "spec": spec.source, "spec_hash": spec.spec_hash(), "code": stamp(),
             "tolerance": tol, "metric": "e_abs (the reference code's metric), mean over seeds",
             "paper_metric": "e_abs of every seed but the last against the last seed's rollout (the reference's test() "
                             "as written), mean: needed_paper_metric",

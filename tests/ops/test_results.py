@@ -9,7 +9,8 @@ import pytest
 from hpcsur.errors import InputError
 from hpcsur.ops.jobspec import load_job
 from hpcsur.ops.paper import paper_value
-from hpcsur.ops.results import BEGIN, END, build_results, load_results, markdown_table, markers, update_readme
+from hpcsur.ops.results import (BEGIN, END, SIZE_SCAN, build_results, load_results, markdown_table, markers,
+                                 results_files, update_readme)
 
 ROOT = Path(__file__).resolve().parents[2]
 HPCSUR = str(Path(sys.executable).parent / "hpcsur")
@@ -58,19 +59,28 @@ def test_the_readme_block_is_replaced_and_a_missing_block_is_one_error(tmp_path)
 
 def test_the_readme_table_is_the_one_the_results_files_give():
     """The numbers in the README come from results/*.json, not from a hand."""
-    files = sorted(str(p) for p in (ROOT / "results").glob("*.json"))
+    files = results_files(ROOT / "results")
     text = (ROOT / "README.md").read_text()
     if not files:
         assert BEGIN not in text
         return
     block = text.split(BEGIN, 1)[1].split(END, 1)[0].strip()
     assert block == markdown_table(load_results(files)).strip(), "run `hpcsur results --readme README.md`"
-    ablations = sorted(str(p) for p in (ROOT / "results" / "ablations").glob("*.json"))
+    ablations = results_files(ROOT / "results" / "ablations")
     begin, end = markers("ablations")
     if ablations:
         block = text.split(begin, 1)[1].split(end, 1)[0].strip()
         assert block == markdown_table(load_results(ablations), "results/ablations").strip(), \
             "run `hpcsur results --readme README.md`"
+
+
+def test_size_scan_files_stay_out_of_the_results_table(tmp_path):
+    (tmp_path / "scan.json").write_text(json.dumps({"kind": SIZE_SCAN, "sizes": []}))
+    (tmp_path / "job.json").write_text(json.dumps({"rows": [], "protocol": {}}))
+    (tmp_path / "broken.json").write_text("{")
+    assert results_files(tmp_path) == [str(tmp_path / "broken.json"), str(tmp_path / "job.json")]
+    with pytest.raises(InputError, match="broken.json: not a readable results file"):
+        load_results(results_files(tmp_path))
 
 
 def test_results_cli_bad_input_is_one_line(tmp_path):

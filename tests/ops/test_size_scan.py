@@ -86,7 +86,7 @@ def test_size_scan_of_a_real_campaign(tmp_path):
     assert res.returncode == 0, res.stderr
     out = json.loads((tmp_path / "results" / "scan.json").read_text())
     assert (tmp_path / "results" / "fig4.png").read_bytes()[:4] == b"\x89PNG"
-    assert [s["blocks"] for s in out["sizes"]] == [10, 20] and out["tolerance"] == 3e-3
+    assert [s["blocks"] for s in out["sizes"]] == [10, 20] and out["tolerance"] == 3e-3 and out["kind"] == "size-scan"
     for size, member in zip(out["sizes"], members):
         report = json.loads(Path(member.run_dir, "report.json").read_text())
         k = round(member.spec.labels.p * size["blocks"])
