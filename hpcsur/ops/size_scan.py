@@ -106,9 +106,10 @@ def plot_fig4(path: Path, scan: dict) -> None:
     done = [s for s in scan["sizes"] if s["status"] == "evaluated"]
     for s in done:
         for loss, pts in s["curves"].items():
-            left.errorbar([p["force_computations"] for p in pts], [p["e_abs"]["mean"] for p in pts],
-                          yerr=[p["e_abs"]["std"] for p in pts], fmt=styles.get(loss, "o-"), ms=4, capsize=2,
-                          label=f"{loss}, {s['blocks']} atoms")
+            means, stds = [p["e_abs"]["mean"] for p in pts], [p["e_abs"]["std"] or 0.0 for p in pts]
+            below = [min(sd, 0.9 * m) for m, sd in zip(means, stds)]     # a log axis has no room below zero
+            left.errorbar([p["force_computations"] for p in pts], means, yerr=[below, stds],
+                          fmt=styles.get(loss, "o-"), ms=4, capsize=2, label=f"{loss}, {s['blocks']} atoms")
     left.axhline(scan["tolerance"], color="k", lw=0.8, ls=":")
     left.set(xscale="log", yscale="log", xlabel="force computations (frames x atoms)", ylabel="test error e_abs")
     left.legend(fontsize=7)
