@@ -1,7 +1,7 @@
 """``hpcsur results [FILES...] [--readme README.md]``: the table of results claims.
 
-Reads ``results/*.json`` (written by ``hpcsur evaluate``; size-scan files left out) and prints one Markdown table: per job and
-(loss, equivalent data) the training frames, the force evaluations, both error measures, the
+Reads ``results/*.json`` (written by ``hpcsur evaluate``; size-scan files left out) and prints one
+Markdown table: per job and (loss, equivalent data) the training frames, the force evaluations, both error measures, the
 paper's number, the label noise and the protocol. ``--readme`` rewrites the generated blocks of that file
 (``results``: results/*.json; ``ablations``: results/ablations/*.json, where the file has that block), so
 the README's numbers always come from the files the program wrote.
