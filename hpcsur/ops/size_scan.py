@@ -9,7 +9,8 @@ curve two ways:
 * ``first_below``: the smallest training set whose mean error is below e_tol (the paper's reading of its runs);
 * ``interpolated``: log-log interpolation between the last set above e_tol and the first below it.
 
-Either is None when no training set of the scan reaches e_tol. Each is read twice: on ``e_abs`` against the truth
+Either is None when no training set of the scan reaches e_tol; then ``more_than`` gives the largest set tried, a
+lower bound on what is needed (fig4.png marks it with an upward arrow). Each is read twice: on ``e_abs`` against the truth
 (``needed``), and on the error against the last seed's prediction (``needed_paper_metric``): the reference's
 ``test()`` scores every fold against the last fold's rollout, and the paper's Fig. 4 values are the first training
 sizes whose mean of that number is below 3e-3 (method notes, section 2.5). ``hpcsur results --size-scan JOB`` writes
@@ -29,11 +30,12 @@ from hpcsur.parallel.sampling import n_chosen
 
 
 def crossing(points: list[tuple[float, float]], tol: float) -> dict:
-    """Force computations needed to reach ``tol`` on the curve ``points`` = [(computations, mean error)]."""
+    """Force computations needed to reach ``tol`` on the curve ``points`` = [(computations, mean error)]; where no
+    point is below ``tol``, ``more_than``: the largest computations tried (a lower bound; None for no points)."""
     pts = sorted(points)
     first = next((i for i, (_, e) in enumerate(pts) if e < tol), None)
     if first is None:
-        return {"first_below": None, "interpolated": None}
+        return {"first_below": None, "interpolated": None, "more_than": pts[-1][0] if pts else None}
     out = {"first_below": pts[first][0], "interpolated": pts[first][0]}
     if first > 0:
         (c0, e0), (c1, e1) = pts[first - 1], pts[first]
@@ -114,14 +116,16 @@ def plot_fig4(path: Path, scan: dict) -> None:
     left.set(xscale="log", yscale="log", xlabel="force computations (frames x atoms)", ylabel="test error e_abs")
     left.legend(fontsize=7)
     for loss, colour in (("lz", "C0"), ("lxp", "C1")):
-        ours = [(s["blocks"], s["needed"].get(loss, {}).get("first_below")) for s in done]
-        ours = [(n, c) for n, c in ours if c]
-        if ours:
-            right.plot(*zip(*ours), "o-", color=colour, label=f"{loss} (hpcsur, vs truth)")
-        theirs = [(s["blocks"], s["needed_paper_metric"].get(loss, {}).get("first_below")) for s in done]
-        theirs = [(n, c) for n, c in theirs if c]
-        if theirs:
-            right.plot(*zip(*theirs), "s:", color=colour, mfc="none", label=f"{loss} (hpcsur, vs last seed)")
+        for key, fmt, fill, label in (("needed", "o-", colour, "vs truth"),
+                                      ("needed_paper_metric", "s:", "none", "vs last seed")):
+            read = [(s["blocks"], s[key].get(loss, {})) for s in done]
+            reached = [(n, c["first_below"]) for n, c in read if c.get("first_below")]
+            if reached:
+                right.plot(*zip(*reached), fmt, color=colour, mfc=fill, label=f"{loss} (hpcsur, {label})")
+            beyond = [(n, c["more_than"]) for n, c in read if c.get("more_than")]   # not reached: a lower bound
+            if beyond:
+                right.plot(*zip(*beyond), "^", color=colour, mfc=fill, ms=8,
+                           label=f"{loss} (hpcsur, {label}): not reached, more than")
         paper = sorted((n, v[loss]) for n, v in FIG4.items())
         right.plot(*zip(*paper), "x--", color=colour, alpha=0.6, label=f"{loss} (paper)")
     right.set(xscale="log", yscale="log", xlabel="atoms", ylabel=f"force computations to e < {scan['tolerance']:g}")

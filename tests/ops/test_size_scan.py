@@ -61,7 +61,8 @@ def test_crossing_reads_the_first_set_below_and_interpolates_in_log_log():
     assert got["first_below"] == 400
     expected = 200 * (3e-3 / 4e-3) ** (math.log(400 / 200) / math.log(2e-3 / 4e-3))
     assert got["interpolated"] == pytest.approx(expected, rel=1e-12) and 200 < got["interpolated"] < 400
-    assert crossing([(10, 1.0), (20, 0.5)], 3e-3) == {"first_below": None, "interpolated": None}
+    assert crossing([(10, 1.0), (20, 0.5)], 3e-3) == {"first_below": None, "interpolated": None, "more_than": 20}
+    assert crossing([], 3e-3) == {"first_below": None, "interpolated": None, "more_than": None}
     assert crossing([(10, 1e-3), (20, 5e-4)], 3e-3) == {"first_below": 10, "interpolated": 10}
 
 
