@@ -103,7 +103,7 @@ def plot_fig4(path: Path, scan: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, (left, right) = plt.subplots(1, 2, figsize=(13.5, 4.2))
     styles = {"lz": "o-", "lx": "s-", "lxp": "^-"}
     done = [s for s in scan["sizes"] if s["status"] == "evaluated"]
     for s in done:
@@ -129,7 +129,7 @@ def plot_fig4(path: Path, scan: dict) -> None:
         paper = sorted((n, v[loss]) for n, v in FIG4.items())
         right.plot(*zip(*paper), "x--", color=colour, alpha=0.6, label=f"{loss} (paper)")
     right.set(xscale="log", yscale="log", xlabel="atoms", ylabel=f"force computations to e < {scan['tolerance']:g}")
-    right.legend(fontsize=8)
+    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the axes: no point hidden
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
