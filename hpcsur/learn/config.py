@@ -57,9 +57,10 @@ class Autoencoder:
                             "reference: the reference code's recipe -- raw inputs, Adam with betas "
                             "(0.9, 0.95) and coupled L2 weight decay, constant learning rate, last epoch "
                             "kept, torch's default biases")
-    normalise: str = field("auto", choices=("auto", "coordinate", "field", "none"),
+    normalise: str = field("auto", choices=("auto", "coordinate", "field", "centre", "none"),
                            doc="input scaling: per coordinate (x - mu_c) / sigma_c, per field (one sigma for each "
-                               "of the state's fields, e.g. u and v), or none; auto: coordinate for the hpcsur "
+                               "of the state's fields, e.g. u and v), centre (raw inputs less one mean per field, "
+                               "as the reference's box centred on 0), or none; auto: coordinate for the hpcsur "
                                "recipe, none for the reference's")
     lambda_coherence: float = field(0.0, ge=0.0, doc="weight of the leverage-coherence penalty L_coh (0: off)")
     lambda_tangent: float = field(0.0, ge=0.0, doc="weight of the tangent-alignment penalty L_tan: the decoder's "

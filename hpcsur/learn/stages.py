@@ -107,6 +107,21 @@ def field_std(x_std: np.ndarray, n_fields: int) -> np.ndarray:
     return np.repeat(np.sqrt((per_field ** 2).mean(-1)), per_field.shape[1])
 
 
+def normalisation_stats(x_mean, x_std, obs_mean, obs_std, scaling: str, n_fields: int) -> dict:
+    """The autoencoder's buffers from the training moments, for each input scaling:
+
+    * ``coordinate``: x' = (x - mu_c) / sigma_c, z*' = (z* - mu*) / sigma*;
+    * ``field``: as coordinate, with one sigma per field (:func:`field_std`);
+    * ``centre``: x' = x - m_f, m_f the mean over the coordinates of field f (a constant per field, as the
+      reference's box centred on 0), no scaling; the observables enter the decoder raw."""
+    if scaling == "centre":
+        n = len(x_mean)
+        return {"x_mean": np.repeat(np.asarray(x_mean).reshape(n_fields, -1).mean(-1), n // n_fields),
+                "x_std": np.ones(n), "obs_mean": np.zeros(len(obs_mean)), "obs_std": np.ones(len(obs_std))}
+    x_std = field_std(x_std, n_fields) if scaling == "field" else x_std
+    return {"x_mean": x_mean, "x_std": safe_std(x_std), "obs_mean": obs_mean, "obs_std": safe_std(obs_std)}
+
+
 def _normalisation(store: str, train_range, out_dir: Path, backend, scaling: str, n_fields: int,
                    cuts=None) -> dict:
     """x statistics (per coordinate, or one scale per field) and observable statistics of the training frames,
@@ -128,8 +143,7 @@ def _normalisation(store: str, train_range, out_dir: Path, backend, scaling: str
         return moments_from_sums(shift, summed[:n], summed[n:2 * n], int(round(summed[-1])))[:2]
 
     (x_mean, x_std), (o_mean, o_std) = moments("x"), moments("phi")
-    x_std = field_std(x_std, n_fields) if scaling == "field" else x_std
-    stats = {"x_mean": x_mean, "x_std": safe_std(x_std), "obs_mean": o_mean, "obs_std": safe_std(o_std)}
+    stats = normalisation_stats(x_mean, x_std, o_mean, o_std, scaling, n_fields)
     if backend.rank == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
         np.savez(cache, scaling=scaling, **stats)
@@ -157,7 +171,8 @@ def train_autoencoder(store: str, run_dir: Path, split: cfg.Split, ae: cfg.Autoe
     if ae.scaling != "none":
         n_fields = len(dataset.attrs["layout"]["fields"])
         stats = _normalisation(store, (g0, g1), out, backend, ae.scaling, n_fields, sp.cuts)
-        scale = np.asarray(model.shape.observable_scale or 1.0)     # the store's phi is unscaled; z* = s phi*
+        # the store's phi is unscaled, z* = s phi*: its statistics scale with s (centre leaves the observables raw)
+        scale = np.asarray(model.shape.observable_scale or 1.0) if ae.scaling != "centre" else 1.0
         model.set_normalisation(**{**stats, "obs_mean": stats["obs_mean"] * scale, "obs_std": stats["obs_std"] * scale})
     meta = autoencoder_meta(model.shape, dataset.attrs["spec_hash"], ae)
     common = dict(rank=backend.rank, size=backend.size, seed=ae.seed, memory_mb=train.memory_mb,

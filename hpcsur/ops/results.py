@@ -138,6 +138,7 @@ def _pm(stat: dict | None, digits: int = 2) -> str:
 
 
 SCALING_WORDS = {"coordinate": "per-coordinate scaling", "field": "per-field scaling", "none": "raw inputs",
+                 "centre": "raw inputs, centred per field",
                  "auto": "automatic scaling"}
 
 

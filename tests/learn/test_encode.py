@@ -106,6 +106,30 @@ def test_an_observable_scale_multiplies_z_star_and_leaves_the_microscopic_losses
     assert not np.allclose(lz_a, lz_b)
 
 
+def test_centred_inputs_train_with_one_mean_per_field_and_raw_observables(pp_store, tmp_path):
+    """normalise = "centre": the trained autoencoder's input shift is the training frames' mean of each field (u, v),
+    nothing is scaled, and z* = 20 phi* enters the decoder raw (obs_mean 0, obs_std 1, not 20)."""
+    from hpcsur.learn.data import frame_moments, split_of
+    from hpcsur.learn.stages import load_autoencoder
+    from hpcsur.ops.jobspec import load_job
+
+    folder, store = pp_store
+    job = write_job(tmp_path, "centre", store, tmp_path / "run")
+    job.write_text(job.read_text().replace("epochs = 6\n", "epochs = 1\nnormalise = \"centre\"\n"
+                                           "observable_scale = [20.0, 20.0]\n", 1))
+    res = subprocess.run([HPCSUR, "train-ae", str(job), "--backend", "none", "--no-progress"], capture_output=True,
+                         text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    spec = load_job(str(job))
+    ae = load_autoencoder(str(store), tmp_path / "run", spec.autoencoder)
+    dataset = zstore.open_dataset(store)
+    mean, _, _ = frame_moments(str(store), "x", split_of(dataset, 1, 2).frames("train"))
+    per_field = np.asarray(mean).reshape(2, -1).mean(-1)
+    np.testing.assert_allclose(ae.x_mean.numpy(), np.repeat(per_field, 20), rtol=1e-6)   # float32 buffers
+    assert per_field[0] != pytest.approx(per_field[1])
+    assert torch.all(ae.x_std == 1.0) and torch.all(ae.obs_mean == 0.0) and torch.all(ae.obs_std == 1.0)
+
+
 @pytest.mark.mpi
 def test_encoding_is_identical_on_one_and_two_ranks(pp_store, tmp_path):
     folder, store = pp_store

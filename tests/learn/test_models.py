@@ -214,6 +214,18 @@ def test_field_scaling_uses_one_rms_sigma_per_field():
     assert np.allclose(out[:4], np.sqrt(5.0)) and np.allclose(out[4:], 0.1)
 
 
+def test_centred_inputs_shift_each_field_by_its_mean_and_scale_nothing():
+    from hpcsur.learn.stages import normalisation_stats
+
+    x_mean = np.array([1.0, 3.0, 5.0, 7.0, 0.2, -0.2, 0.1, -0.1])
+    x_std = np.array([2.0, 2.0, 2.0, 2.0, 0.5, 0.5, 0.5, 0.5])
+    out = normalisation_stats(x_mean, x_std, np.array([0.9]), np.array([0.1]), "centre", 2)
+    assert np.allclose(out["x_mean"], [4.0] * 4 + [0.0] * 4) and np.all(out["x_std"] == 1.0)
+    assert np.all(out["obs_mean"] == 0.0) and np.all(out["obs_std"] == 1.0)
+    field = normalisation_stats(x_mean, x_std, np.array([0.9]), np.array([0.1]), "field", 2)
+    assert np.all(field["x_mean"] == x_mean) and field["obs_std"][0] == 0.1
+
+
 def test_autoencoder_jacobian_matches_finite_differences():
     torch.manual_seed(6)
     model = ClosureAutoencoder(AutoencoderShape(10, 2, 4, (8,), "softplus"), observable_from_attrs(
