@@ -151,3 +151,5 @@ def test_a_non_finite_gram_is_named_as_overflow_not_as_rank_deficiency():
     with pytest.raises(RankDeficientJacobian) as caught:
         check_rank(singular)
     assert "observable_floor" in str(caught.value.at("trajectory 0, step 1", "encode"))
+    assert "normalise" not in str(caught.value.at("trajectory 0, step 1", "encode"))   # a trained encoder: the data
+    assert "normalise = \"centre\"" in str(caught.value.at("trajectory 0, step 1", "train-ae"))
