@@ -55,16 +55,16 @@ class RankDeficientJacobian(DataError):
             return DataError(f"{stage}: the encoder Jacobian is not finite at {where} ({self.count} of {self.total} "
                              "frame(s) of the batch): the encoder's weights or activations overflowed; in train-ae "
                              "usually a learning rate too large for the inputs' scale: lower [autoencoder] lr or set "
-                             "normalise = \"centre\" or \"field\" (raw, uncentred inputs of many coordinates move every "
-                             "first-layer pre-activation by about lr sum|x| a step)")
+                             "normalise = \"centre\" or \"field\" (raw, uncentred inputs of many coordinates move "
+                             "every first-layer pre-activation by about lr sum|x| a step)")
         training = ("; or, while training, the closure rows collapsed: raw, uncentred inputs of many coordinates "
                     "saturate the encoder's first layer (the LJ-6400 box at side 20 does within 10 steps); set "
                     "[autoencoder] normalise = \"centre\" or \"field\"") if stage == "train-ae" else ""
         return DataError(f"{stage}: the encoder Jacobian is numerically rank-deficient at {where} "
                          f"(kappa(J J^T) = {self.kappa:.3g}; {self.count} of {self.total} frame(s) of the batch): "
                          "the observable's gradient vanishes there (e.g. an Allen-Cahn torus that has vanished), so "
-                         "no latent dynamics can be learned from it; leave such frames out with [split] observable_floor "
-                         f"(the reference's Allen-Cahn rule: 1e-4){training}")
+                         "no latent dynamics can be learned from it; leave such frames out with [split] "
+                         f"observable_floor (the reference's Allen-Cahn rule: 1e-4){training}")
 
 
 def check_rank(gram: torch.Tensor) -> torch.Tensor:

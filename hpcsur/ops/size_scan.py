@@ -10,8 +10,8 @@ curve two ways:
 * ``interpolated``: log-log interpolation between the last set above e_tol and the first below it.
 
 Either is None when no training set of the scan reaches e_tol; then ``more_than`` gives the largest set tried, a
-lower bound on what is needed (fig4.png marks it with an upward arrow). Each is read twice: on ``e_abs`` against the truth
-(``needed``), and on the error against the last seed's prediction (``needed_paper_metric``): the reference's
+lower bound on what is needed (fig4.png marks it with an upward triangle). Each is read twice: on ``e_abs`` against
+the truth (``needed``), and on the error against the last seed's prediction (``needed_paper_metric``): the reference's
 ``test()`` scores every fold against the last fold's rollout, and the paper's Fig. 4 values are the first training
 sizes whose mean of that number is below 3e-3 (method notes, section 2.5). ``hpcsur results --size-scan JOB`` writes
 ``results/<job>.json`` and ``results/fig4.png`` from the members' reports.
