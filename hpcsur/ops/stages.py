@@ -140,7 +140,11 @@ def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
 def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     """Encoder diagnostics of a job's trained autoencoder (:mod:`hpcsur.learn.diagnostics`) on
     ``frames`` training frames spread evenly over the training trajectories, and of its encoding
-    over the frames its largest latent run trains on; written to <run_dir>/autoencoder/diagnostics.json."""
+    over the frames its largest latent run trains on; written to <run_dir>/autoencoder/diagnostics.json.
+
+    An in-situ job stores no states: its autoencoder's Jacobian is looked at on the stored frames of the
+    job that trained it ([insitu] autoencoder), and the encoding on the in-situ store (label noise and the
+    force share outside row(J) need frames with all forces: ``[labels] full = true``, ``full_every``)."""
     import json
 
     import numpy as np
@@ -151,27 +155,37 @@ def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     from hpcsur.learn.stages import latent_runs, load_autoencoder, use_threads
 
     ae = spec.require("autoencoder", "diagnose")
-    _not_in_situ(spec, "diagnose")
-    _store_complete(spec.store.path)
+    if spec.insitu is not None:
+        from hpcsur.ops.insitu import autoencoder_job
+        home = autoencoder_job(spec)
+    else:
+        home = spec
+    _store_complete(home.store.path)
     use_threads(spec.train)
-    dataset = store.open_dataset(spec.store.path)
-    split = split_of(dataset, spec.split.validation, spec.split.test, store_cuts(dataset, spec.split.observable_floor))
+    dataset = store.open_dataset(home.store.path)
+    split = split_of(dataset, home.split.validation, home.split.test, store_cuts(dataset, home.split.observable_floor))
     g0, g1 = split.frames("train")
     F = dataset.frames_per_traj
     in_use = np.concatenate([np.arange(t * F, t * F + (F if split.cuts is None else split.cuts[t]))
                              for t in split.trajectories("train")])
     picks = in_use[np.unique(np.linspace(0, in_use.size - 1, min(frames, in_use.size)).astype(np.int64))]
     x = np.stack([dataset.global_frames(int(g), int(g) + 1, ["x"])["x"][0] for g in picks])
-    _, x_std, _ = frame_moments(spec.store.path, "x", (g0, g1), cuts=split.cuts)
+    _, x_std, _ = frame_moments(home.store.path, "x", (g0, g1), cuts=split.cuts)
     out = {"job": spec.name, "autoencoder": {"recipe": ae.recipe, "scaling": ae.scaling,
                                              "lambda_cond": ae.lambda_cond, "lambda_coherence": ae.lambda_coherence,
                                              "lambda_tangent": ae.lambda_tangent},
-           "jacobian": jacobian_diagnostics(load_autoencoder(spec.store.path, Path(spec.run_dir), ae), x, x_std)}
+           "jacobian": jacobian_diagnostics(load_autoencoder(home.store.path, Path(home.run_dir), ae), x, x_std)}
+    if spec.insitu is not None:
+        out["jacobian"]["on_store"] = home.store.path
     if spec.latent is not None and store.exists(encoded_path(spec)):
+        _store_complete(encoded_path(spec))
         enc = store.open_dataset(encoded_path(spec))
-        runs = latent_runs(spec.latent, enc.attrs, split)
-        out["encoding"] = encoding_diagnostics(encoded_path(spec), split.first_kept("train", max(r.frames for r in runs)))
+        enc_split = split_of(enc, spec.split.validation, spec.split.test, enc.attrs.get("kept_frames"))
+        runs = latent_runs(spec.latent, enc.attrs, enc_split)
+        out["encoding"] = encoding_diagnostics(encoded_path(spec),
+                                               enc_split.first_kept("train", max(r.frames for r in runs)))
     path = Path(spec.run_dir) / "autoencoder" / "diagnostics.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(out, indent=1))
     out["file"] = str(path)
     return out

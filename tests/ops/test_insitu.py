@@ -140,6 +140,39 @@ def test_the_latent_stages_run_on_the_in_situ_store(jobs):
     assert (root / "insitu_run" / "latent" / "lxp-e20-s1" / "done.json").exists()
 
 
+@pytest.mark.mpi
+def test_diagnose_an_in_situ_job_from_its_encoding_and_its_home_jobs_states(jobs):
+    """The in-situ store holds the frames of generate -> encode, so its label noise is the stored job's; the
+    Jacobian is looked at on the home job's stored states. Label noise recomputed here from the arrays."""
+    import json
+    root, home, insitu = jobs
+    if not (root / "insitu_store" / "progress").exists() or not info(str(root / "insitu_store"))["consolidated"]:
+        assert cli("generate", insitu, "--no-progress", mpi=2).returncode == 0
+    reports = []
+    for job in (home, insitu):
+        res = cli("diagnose", job, "--frames", "6")
+        assert res.returncode == 0, res.stderr[-2000:]
+        reports.append(json.loads(res.stdout))
+    ours, theirs = reports[1], reports[0]
+    assert ours["jacobian"]["on_store"] == str(root / "home_store")
+    assert ours["jacobian"]["kappa"] == pytest.approx(theirs["jacobian"]["kappa"], rel=1e-12)
+    assert (root / "insitu_run" / "autoencoder" / "diagnostics.json").exists()
+    enc = ours["encoding"]
+    assert enc["label_noise"] == pytest.approx(theirs["encoding"]["label_noise"], rel=1e-9)
+    assert enc["tangent_residual"] == pytest.approx(theirs["encoding"]["tangent_residual"], rel=1e-9)
+    # eta = sum |y - R J f|^2 / sum |R (J f - mean J f)|^2 per draw, over the training frames of the
+    # largest latent run (equivalent_data = 20: the first 20 frames of the training trajectories)
+    a = arrays(root / "insitu_store")
+    first = slice(0, enc["frames"])
+    jf, lxp_r, lxp_y = a["jf"][first], a["lxp_R"][first], a["lxp_y"][first]
+    for draw, eta in enumerate(enc["label_noise"]):
+        r, y = lxp_r[:, draw], lxp_y[:, draw]
+        resid = y - np.einsum("fij,fj->fi", r, jf)
+        signal = np.einsum("fij,fj->fi", r, jf - jf.mean(0))
+        assert eta == pytest.approx((resid ** 2).sum() / (signal ** 2).sum(), rel=1e-9)
+    assert 0 < enc["tangent_residual"] < 1 and len(enc["label_noise"]) == 2
+
+
 def test_bad_in_situ_set_ups_are_one_line(jobs, tmp_path):
     root, home, _ = jobs
     other_system = write(tmp_path, "other", n=22, insitu=f'[insitu]\nautoencoder = "{home}"\n')
