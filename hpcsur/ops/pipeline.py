@@ -12,7 +12,8 @@ but skipping saves the start-up). A stage whose outputs were made from other spe
 (:mod:`hpcsur.ops.provenance`) is redone, and so is every stage after it; ``keep=True`` refuses
 instead, naming the changed fields. Each stage runs in its own process group of ranks so MPI,
 numba and torch state never leak between stages; the same commands are what ``hpcsur submit``
-puts in sbatch scripts.
+puts in sbatch scripts. Every attempt's wall and CPU time goes to ``<run_dir>/stage_times.jsonl``
+(:mod:`hpcsur.ops.wall_time`); the results file sums them by stage.
 """
 from __future__ import annotations
 
@@ -29,6 +30,7 @@ from hpcsur.log import loopback_env
 from hpcsur.ops.jobspec import JobSpec
 from hpcsur.ops import stage_table
 from hpcsur.ops.stage_table import PIPELINE
+from hpcsur.ops.wall_time import record_attempt
 
 log = logging.getLogger("hpcsur.run")
 
@@ -135,9 +137,12 @@ def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = 
         cmd = stage_command(job, stage, ranks, workers, backend)
         print(f"[run] {stage}: {' '.join(Path(c).name if i < 3 and '/' in c else c for i, c in enumerate(cmd))}",
               flush=True)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), _children_cpu_seconds()
         code, stopped_by = run_stage(cmd)
-        print(f"[run] {stage}: exit {code} after {time.perf_counter() - t0:.0f} s", flush=True)
+        seconds = time.perf_counter() - t0
+        record_attempt(spec.run_dir, stage, seconds, _children_cpu_seconds() - cpu0, code,
+                       int(cmd[cmd.index("-n") + 1]) if "-n" in cmd else 1)
+        print(f"[run] {stage}: exit {code} after {seconds:.0f} s", flush=True)
         if stopped_by:
             print(f"[run] stopped by {signal.Signals(stopped_by).name} during {stage}; every stage process has ended "
                   "and the state on disk is resumable: rerun `hpcsur run` to continue", file=sys.stderr, flush=True)
@@ -148,6 +153,15 @@ def run_pipeline(spec: JobSpec, job: str, ranks: int = 2, workers: int | None = 
             return code
     print(f"[run] all stages done in {time.perf_counter() - t_all:.0f} s", flush=True)
     return 0
+
+
+def _children_cpu_seconds() -> float:
+    """User + system CPU seconds of every waited-for descendant so far (ranks included: mpiexec and its proxies
+    wait for theirs)."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _print_report(spec: JobSpec) -> None:

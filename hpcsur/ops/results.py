@@ -77,7 +77,8 @@ def protocol(spec: JobSpec, report: dict) -> dict:
 
 def store_ledger(path: str) -> dict | None:
     """What generating the store computed and takes: force evaluations (labelled coordinates: the partial labels
-    of every frame and draw, the full labels of the frames that have them) and its bytes on disk."""
+    of every frame and draw, the full labels of the frames that have them), the labelled atoms / grid points
+    (``labelled_sites``: frames x draws x |I|) and its bytes on disk."""
     from hpcsur import store as zstore
 
     if not zstore.exists(path):
@@ -87,10 +88,36 @@ def store_ledger(path: str) -> dict | None:
     frames = schema.n_frames
     full_frames = int(attrs.get("full_label_frames", frames if schema.full_labels else 0))
     partial = frames * schema.draws * schema.k * schema.m
-    return {"frames": frames, "partial_force_evaluations": partial, "full_label_frames": full_frames,
+    return {"frames": frames, "labelled_sites": frames * schema.draws * schema.k,
+            "partial_force_evaluations": partial, "full_label_frames": full_frames,
             "full_force_evaluations": full_frames * schema.n_state, "force_evaluations": partial
             + full_frames * schema.n_state, "precision": schema.precision,
             "bytes_on_disk": int(zstore.info(path)["bytes_on_disk"])}
+
+
+def wall_time(spec: JobSpec, store: dict | None) -> dict:
+    """Wall and CPU seconds by stage from the run's ledger (:mod:`hpcsur.ops.wall_time`; stages run by ``hpcsur
+    run``, evaluate -- which writes this -- not yet), generate's throughput over its attempts (frames and labelled
+    atoms / grid points a second), and for an in-situ job the same for the job that trained its autoencoder on a
+    stored subset, with that store's ledger: what the whole result cost."""
+    from hpcsur.ops.wall_time import stage_wall_times
+
+    def one(job: JobSpec, ledger: dict | None) -> dict:
+        stages = stage_wall_times(job.run_dir)
+        out = {"job": job.name, "stages": stages}
+        gen = stages.get("generate")
+        if gen and gen["finished"] and ledger and gen["seconds"] > 0:
+            out["generate_frames_per_second"] = ledger["frames"] / gen["seconds"]
+            out["generate_labels_per_second"] = ledger["labelled_sites"] / gen["seconds"]
+        return out
+
+    out = one(spec, store)
+    if spec.insitu is not None:
+        from hpcsur.ops.insitu import autoencoder_job
+        home = autoencoder_job(spec)
+        home_store = store_ledger(home.store.path)
+        out["autoencoder_job"] = {**one(home, home_store), "store": home_store}
+    return out
 
 
 def build_results(spec: JobSpec, report: dict) -> dict:
@@ -99,9 +126,10 @@ def build_results(spec: JobSpec, report: dict) -> dict:
     for row in report["rows"]:
         paper = paper_value(spec.kind, row["loss"], row["p"], row["equivalent_data"], spec.latent.model)
         rows.append({**row, "paper": paper.to_dict() if paper else None})
+    store = store_ledger(spec.store.path)
     return {"job": spec.name, "spec": spec.source, "spec_hash": spec.spec_hash(), "data_hash": spec.data_hash(),
             "code": stamp(), "system": spec.kind, "protocol": protocol(spec, report), "rows": rows,
-            "autoencoder": report.get("autoencoder"), "store": store_ledger(spec.store.path),
+            "autoencoder": report.get("autoencoder"), "store": store, "wall_time": wall_time(spec, store),
             "paper_notes": paper_notes(spec.kind), "report": str(Path(spec.run_dir) / "report.json")}
 
 

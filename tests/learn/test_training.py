@@ -357,6 +357,13 @@ def test_with_the_observable_floor_a_vanishing_torus_job_runs_end_to_end(tmp_pat
     k = source.schema.k
     assert ledger["full_label_frames"] == budget and ledger["partial_force_evaluations"] == 6 * 61 * k
     assert ledger["force_evaluations"] == 6 * 61 * k + budget * 256 and ledger["bytes_on_disk"] > 0
+    assert ledger["labelled_sites"] == 6 * 61 * k
+    # `hpcsur run` kept a wall-time ledger; evaluate writes the results, so it is not in them yet
+    clock = results["wall_time"]
+    assert list(clock["stages"]) == ["generate", "train-ae", "encode", "train-latent"]
+    assert all(s["finished"] and s["attempts"] == 1 and s["seconds"] > 0 for s in clock["stages"].values())
+    assert all(0 < s["cpu_seconds"] < 4 * s["seconds"] + 5 for s in clock["stages"].values())
+    assert clock["generate_frames_per_second"] == pytest.approx(6 * 61 / clock["stages"]["generate"]["seconds"])
     assert (tmp_path / "results" / results["plots"]["observables"]).stat().st_size > 10_000
     curve = (tmp_path / "run" / "latent" / "lz-e9-s1" / "curve.csv").read_text().splitlines()
     assert curve[0].startswith("epoch,train,val,") and len(curve) == 1 + 3     # epochs = { lz = 3 }

@@ -138,6 +138,15 @@ def test_the_latent_stages_run_on_the_in_situ_store(jobs):
         assert f"[run] {stage}: complete, skipped" in res.stdout
     assert (root / "insitu_run" / "report.json").exists()
     assert (root / "insitu_run" / "latent" / "lxp-e20-s1" / "done.json").exists()
+    # what the whole result cost: this job's stages and the stored job's that trained the autoencoder
+    import json
+    clock = json.loads((root / "insitu_run" / "results" / "insitu.json").read_text())["wall_time"]
+    assert clock["stages"]["train-latent"]["finished"] and clock["stages"]["train-latent"]["seconds"] > 0
+    home_clock = clock["autoencoder_job"]
+    assert home_clock["job"] == "home" and home_clock["store"]["frames"] == 160
+    assert {"generate", "train-ae", "encode"} <= set(home_clock["stages"])
+    assert home_clock["generate_labels_per_second"] == pytest.approx(
+        160 * 2 * 5 / home_clock["stages"]["generate"]["seconds"])      # frames x draws x |I| = 5 of 20 blocks
 
 
 @pytest.mark.mpi

@@ -169,6 +169,28 @@ def test_sigterm_to_run_stops_every_stage_process_and_a_rerun_finishes(tmp_path)
                            text=True, timeout=600)
     assert again.returncode == 0, again.stdout + again.stderr
     assert "[run] train-latent: exit 0" in again.stdout and (tmp_path / "run" / "report.json").exists()
+    # the wall-time ledger: train-latent ran twice (stopped with 75, then finished), its time is the sum
+    from hpcsur.ops.wall_time import LEDGER, stage_wall_times
+    attempts = [json.loads(line) for line in (tmp_path / "run" / LEDGER).read_text().splitlines()]
+    latent = [a for a in attempts if a["stage"] == "train-latent"]
+    assert [a["exit"] for a in latent] == [75, 0] and all(a["processes"] == 2 for a in latent)
+    clock = stage_wall_times(tmp_path / "run")
+    assert clock["train-latent"]["attempts"] == 2 and clock["train-latent"]["finished"]
+    assert clock["train-latent"]["seconds"] == pytest.approx(sum(a["seconds"] for a in latent), abs=1e-2)
+    assert clock["evaluate"]["attempts"] == 1 and clock["generate"]["attempts"] == 1
+
+
+def test_the_wall_time_ledger_sums_attempts_and_skips_a_torn_line(tmp_path):
+    from hpcsur.ops.wall_time import LEDGER, record_attempt, stage_wall_times
+    record_attempt(tmp_path, "generate", 10.0, 19.5, 75, 2)
+    record_attempt(tmp_path, "generate", 5.25, 10.0, 0, 2)
+    record_attempt(tmp_path, "train-ae", 3.0, 5.0, 1, 2)
+    with open(tmp_path / LEDGER, "a") as fh:
+        fh.write('{"stage": "encode", "seco')                  # a crash mid-write
+    clock = stage_wall_times(tmp_path)
+    assert clock == {"generate": {"seconds": 15.25, "cpu_seconds": 29.5, "attempts": 2, "finished": True},
+                     "train-ae": {"seconds": 3.0, "cpu_seconds": 5.0, "attempts": 1, "finished": False}}
+    assert stage_wall_times(tmp_path / "none") == {}
 
 
 @pytest.mark.mpi
