@@ -17,28 +17,36 @@ from hpcsur.learn.losses import gram_cholesky, leverage_scores
 from hpcsur.store import open_dataset
 
 
-def jacobian_diagnostics(ae, x: np.ndarray, x_std: np.ndarray | None = None) -> dict:
-    """kappa(J J^T), coherence and the per-coordinate mean leverage of the encoder ``ae`` on frames
-    ``x`` (float64). With the per-coordinate standard deviations ``x_std`` of the data, also the
-    correlation over coordinates of log leverage with log(1/sigma_c): close to 1 when input
-    scaling by 1/sigma_c is what concentrates the leverage on the quiet coordinates."""
+def jacobian_diagnostics(ae, chunks, x_std: np.ndarray | None = None) -> dict:
+    """kappa(J J^T), coherence and the per-coordinate mean leverage of the encoder ``ae`` on the frames of
+    ``chunks`` (an iterable of (B, N) arrays, float64; one chunk's J, B x d x N, is what it holds at a time).
+    With the per-coordinate standard deviations ``x_std`` of the data, also the correlation over
+    coordinates of log leverage with log(1/sigma_c): close to 1 when input scaling by 1/sigma_c is what
+    concentrates the leverage on the quiet coordinates."""
     ae = ae.double().eval()
-    with torch.enable_grad():
-        j = ae.jacobian(torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))).detach()
-    chol = gram_cholesky(j)
-    lam = torch.linalg.eigvalsh(j @ j.transpose(-1, -2))
-    lev = leverage_scores(j, chol).numpy()                              # (frames, N)
-    d, n = j.shape[-2:]
-    with torch.no_grad():
+    kappa, tangent, coherence, lev_sum, frames = [], [], [], None, 0
+    for x in chunks:
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float64))
-        tangent = tangent_penalty(ae, ae.encode(xt), j)
-    out = {"frames": int(x.shape[0]), "N": int(n), "d": int(d),
-           "kappa": {"mean": float((lam[:, -1] / lam[:, 0]).mean()), "max": float((lam[:, -1] / lam[:, 0]).max())},
+        with torch.enable_grad():
+            j = ae.jacobian(xt).detach()
+        lam = torch.linalg.eigvalsh(j @ j.transpose(-1, -2))
+        lev = leverage_scores(j, gram_cholesky(j))                          # (B, N)
+        d, n = j.shape[-2:]
+        with torch.no_grad():
+            tangent.append(tangent_penalty(ae, ae.encode(xt), j))
+        kappa.append(lam[:, -1] / lam[:, 0])
+        coherence.append(lev.amax(-1) * n / d)
+        lev_sum = lev.sum(0) if lev_sum is None else lev_sum + lev.sum(0)
+        frames += x.shape[0]
+        del j, lev
+    kappa, tangent, coherence = (torch.cat(v).numpy() for v in (kappa, tangent, coherence))
+    mean_lev = (lev_sum / frames).numpy()
+    out = {"frames": frames, "N": int(n), "d": int(d),
+           "kappa": {"mean": float(kappa.mean()), "max": float(kappa.max())},
            "decoder_tangent_residual": {"mean": float(tangent.mean()), "max": float(tangent.max())},
-           "coherence": {"mean": float((lev.max(1) * n / d).mean()), "max": float((lev.max(1) * n / d).max())},
-           "leverage_max_over_mean": float((lev.mean(0).max()) / (d / n))}
+           "coherence": {"mean": float(coherence.mean()), "max": float(coherence.max())},
+           "leverage_max_over_mean": float(mean_lev.max() / (d / n))}
     if x_std is not None:
-        mean_lev = lev.mean(0)
         keep = (x_std > 0) & (mean_lev > 0)
         out["corr_log_leverage_log_inv_sigma"] = float(np.corrcoef(np.log(mean_lev[keep]),
                                                                    -np.log(x_std[keep]))[0, 1])

@@ -137,6 +137,9 @@ def evaluate(spec: JobSpec, losses=None, seeds=None) -> dict:
     return report
 
 
+JACOBIAN_CHUNK_BYTES = 256 << 20    # diagnose: the encoder Jacobians (float64) it holds at a time
+
+
 def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     """Encoder diagnostics of a job's trained autoencoder (:mod:`hpcsur.learn.diagnostics`) on
     ``frames`` training frames spread evenly over the training trajectories, and of its encoding
@@ -169,12 +172,17 @@ def diagnose(spec: JobSpec, frames: int = 2000) -> dict:
     in_use = np.concatenate([np.arange(t * F, t * F + (F if split.cuts is None else split.cuts[t]))
                              for t in split.trajectories("train")])
     picks = in_use[np.unique(np.linspace(0, in_use.size - 1, min(frames, in_use.size)).astype(np.int64))]
-    x = np.stack([dataset.global_frames(int(g), int(g) + 1, ["x"])["x"][0] for g in picks])
+    per_chunk = max(1, JACOBIAN_CHUNK_BYTES // (8 * ae.latent_dim * dataset.schema.n_state))
+
+    def chunks():                                          # J of per_chunk frames at a time: memory bounded in N
+        for c in range(0, picks.size, per_chunk):
+            yield np.stack([dataset.global_frames(int(g), int(g) + 1, ["x"])["x"][0] for g in picks[c:c + per_chunk]])
+
     _, x_std, _ = frame_moments(home.store.path, "x", (g0, g1), cuts=split.cuts)
     out = {"job": spec.name, "autoencoder": {"recipe": ae.recipe, "scaling": ae.scaling,
                                              "lambda_cond": ae.lambda_cond, "lambda_coherence": ae.lambda_coherence,
                                              "lambda_tangent": ae.lambda_tangent},
-           "jacobian": jacobian_diagnostics(load_autoencoder(home.store.path, Path(home.run_dir), ae), x, x_std)}
+           "jacobian": jacobian_diagnostics(load_autoencoder(home.store.path, Path(home.run_dir), ae), chunks(), x_std)}
     if spec.insitu is not None:
         out["jacobian"]["on_store"] = home.store.path
     if spec.latent is not None and store.exists(encoded_path(spec)):

@@ -396,3 +396,27 @@ def test_shared_onsagernet_refuses_an_activation_without_a_closed_form_slope():
 
     with pytest.raises(InputError, match="activation 'gelu' is not allowed for onsagernet_shared"):
         SharedOnsagerNet(4, [8], "gelu")
+
+
+def test_jacobian_diagnostics_are_the_same_chunked_and_match_numpy():
+    """diagnose holds one chunk of Jacobians at a time (N = 307,200 for LJ-51200): splitting the frames into
+    chunks changes nothing, and kappa, coherence and the leverage follow numpy on the explicit J."""
+    from hpcsur.learn.diagnostics import jacobian_diagnostics
+    from hpcsur.systems.predator_prey import spatial_means
+    torch.manual_seed(3)
+    ae = ClosureAutoencoder(AutoencoderShape(12, 2, 4, (8,), "tanh"), spatial_means({"n": 6}, {})).double()
+    x = np.random.default_rng(4).uniform(0.2, 0.8, size=(7, 12))
+    x_std = x.std(0)
+    whole = jacobian_diagnostics(ae, [x], x_std)
+    chunked = jacobian_diagnostics(ae, [x[:3], x[3:4], x[4:]], x_std)
+    assert whole.keys() == chunked.keys() and whole["frames"] == chunked["frames"] == 7
+    for key in ("kappa", "coherence", "decoder_tangent_residual"):
+        for stat in ("mean", "max"):
+            assert chunked[key][stat] == pytest.approx(whole[key][stat], rel=1e-12)
+    assert chunked["corr_log_leverage_log_inv_sigma"] == pytest.approx(whole["corr_log_leverage_log_inv_sigma"])
+    j = ae.jacobian(torch.from_numpy(x)).detach().numpy()                       # (7, 4, 12)
+    lam = np.linalg.eigvalsh(j @ j.transpose(0, 2, 1))
+    assert whole["kappa"]["max"] == pytest.approx((lam[:, -1] / lam[:, 0]).max(), rel=1e-8)
+    lev = np.stack([np.diag(jf.T @ np.linalg.inv(jf @ jf.T) @ jf) for jf in j])   # projector diagonal
+    assert whole["coherence"]["mean"] == pytest.approx((lev.max(1) * 12 / 4).mean(), rel=1e-10)
+    assert whole["leverage_max_over_mean"] == pytest.approx(lev.mean(0).max() / (4 / 12), rel=1e-10)
