@@ -268,6 +268,40 @@ def seed_disagreement(predictions: list[np.ndarray], z_true: np.ndarray) -> dict
             "e_abs": summarise(per_seed), "per_seed": per_seed}
 
 
+def velocity_error(models: list, z: np.ndarray, jf: np.ndarray, n_obs: int) -> dict | None:
+    """How well each model's latent velocity field g(z) matches the exact one, J f, on frames (z, jf) that have all
+    forces: per latent dimension k the relative rms error e_k = sqrt(mean_frames (g_k - (J f)_k)^2) / std(J f)_k,
+    then per model the mean of e_k over the observables and the median over the closure dimensions, summarised
+    over the models (seeds). None without such frames. Unlike the rollout error this does not depend on how the
+    errors of a field compound along a trajectory, so it separates what a loss fits from how a rollout uses it."""
+    import torch
+
+    keep = np.isfinite(jf).all(-1) & np.isfinite(z).all(-1)
+    if keep.sum() < 2:
+        return None
+    z, jf = z[keep], jf[keep]
+    scale = jf.std(0, ddof=1)
+    scale[scale == 0] = 1.0
+    obs, closure = [], []
+    with torch.no_grad():
+        for model in models:
+            g = model.double().eval()(torch.from_numpy(np.ascontiguousarray(z))).numpy()
+            e = np.sqrt(((g - jf) ** 2).mean(0)) / scale
+            obs.append(float(e[:n_obs].mean()))
+            closure.append(float(np.median(e[n_obs:])) if e.size > n_obs else float("nan"))
+    return {"frames": int(keep.sum()), "observables": summarise(obs), "closure_median": summarise(closure)}
+
+
+def test_velocities(encoded: str, trajs: list[int], frames: int | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(z, J f) of the test trajectories' frames, flattened, or None when the store has no J f."""
+    dataset = open_dataset(encoded)
+    if "jf" not in dataset.schema.arrays():
+        return None
+    F = dataset.frames_per_traj if frames is None else min(frames, dataset.frames_per_traj)
+    got = [dataset.frames(t, 0, F, ["z", "jf"]) for t in trajs]
+    return np.concatenate([g["z"] for g in got]), np.concatenate([g["jf"] for g in got])
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
@@ -319,6 +353,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     n_obs = int(attrs["n_obs"])
     names = list(attrs.get("observables") or [f"z{i}" for i in range(n_obs)])
     t, z_true, trajs = test_paths(encoded, split, eval_cfg.trajectories, eval_cfg.frames)
+    velocities = test_velocities(encoded, trajs, eval_cfg.frames)
     runs = latent_runs(latent_cfg, attrs, split, losses, seeds, sizes)
     n_val = split.kept("validation")
     groups: dict[tuple[str, int], list] = {}                          # (loss, size) -> its seeds' runs
@@ -360,6 +395,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
                      "force_evaluations": force_evaluations(members[0], attrs, latent_cfg, n_val),
                      "e_abs": summarise([e[1] for e in selected]), "e_sq": summarise([e[0] for e in selected]),
                      "seed_disagreement": seed_disagreement([e[2] for e in selected], z_true[..., :n_obs]),
+                     "velocity_error": velocity_error(row.selected, *velocities, n_obs) if velocities else None,
                      "seconds": [i.get("seconds") for i in done], "curve": _curve([p for p in points if p])})
     progress.close()
     plots = run_dir / "plots"

@@ -269,3 +269,34 @@ def test_seed_disagreement_is_e_abs_against_the_last_seed_on_the_scored_points()
     assert got["e_abs"]["mean"] == pytest.approx(np.mean(got["per_seed"]))
     assert seed_disagreement([preds[0]] * 3, true)["e_abs"]["mean"] == 0.0
     assert seed_disagreement(preds[:1], true) is None
+
+
+def test_velocity_error_is_the_relative_rms_of_g_minus_jf_per_latent_dimension():
+    """A linear field g(z) = z A against J f = z B + noise: e_k by brute force per dimension, mean over the
+    observables and median over the closure, summarised over the models; frames without J f are left out."""
+    import torch
+    from hpcsur.learn.evaluate import velocity_error
+
+    class Linear(torch.nn.Module):
+        def __init__(self, a):
+            super().__init__()
+            self.a = torch.nn.Parameter(torch.from_numpy(a))
+
+        def forward(self, z):
+            return z @ self.a
+
+    rng = np.random.default_rng(5)
+    z = rng.normal(size=(40, 4))
+    b = rng.normal(size=(4, 4))
+    jf = z @ b
+    jf[::7] = np.nan                                             # frames without all forces
+    models = [Linear(b + 0.05 * k * rng.normal(size=(4, 4))) for k in (1, 2)]
+    got = velocity_error(models, z, jf, n_obs=1)
+    keep = np.isfinite(jf).all(-1)
+    assert got["frames"] == int(keep.sum())
+    for model, obs, closure in zip(models, got["observables"]["values"], got["closure_median"]["values"]):
+        g = z[keep] @ model.a.detach().numpy()
+        e = [np.sqrt(np.mean((g[:, k] - jf[keep, k]) ** 2)) / np.std(jf[keep, k], ddof=1) for k in range(4)]
+        assert obs == pytest.approx(e[0], rel=1e-12) and closure == pytest.approx(np.median(e[1:]), rel=1e-12)
+    assert velocity_error([Linear(b)], z, jf, 1)["closure_median"]["values"] == [pytest.approx(0.0, abs=1e-14)]
+    assert velocity_error(models, z, np.full_like(jf, np.nan), 1) is None

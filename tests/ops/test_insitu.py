@@ -140,7 +140,10 @@ def test_the_latent_stages_run_on_the_in_situ_store(jobs):
     assert (root / "insitu_run" / "latent" / "lxp-e20-s1" / "done.json").exists()
     # what the whole result cost: this job's stages and the stored job's that trained the autoencoder
     import json
-    clock = json.loads((root / "insitu_run" / "results" / "insitu.json").read_text())["wall_time"]
+    results = json.loads((root / "insitu_run" / "results" / "insitu.json").read_text())
+    for row in results["rows"]:                  # the fields against J f on the test trajectory's 20 frames
+        assert row["velocity_error"]["frames"] == 20 and row["velocity_error"]["closure_median"]["mean"] > 0
+    clock = results["wall_time"]
     assert clock["stages"]["train-latent"]["finished"] and clock["stages"]["train-latent"]["seconds"] > 0
     home_clock = clock["autoencoder_job"]
     assert home_clock["job"] == "home" and home_clock["store"]["frames"] == 160
