@@ -292,14 +292,14 @@ def velocity_error(models: list, z: np.ndarray, jf: np.ndarray, n_obs: int) -> d
     return {"frames": int(keep.sum()), "observables": summarise(obs), "closure_median": summarise(closure)}
 
 
-def test_velocities(encoded: str, trajs: list[int], frames: int | None) -> tuple[np.ndarray, np.ndarray] | None:
-    """(z, J f) of the test trajectories' frames, flattened, or None when the store has no J f."""
+def test_velocities(encoded: str, trajs: list[int], frames: int | None) -> np.ndarray | None:
+    """J f of the test trajectories, (F, T, d) as :func:`hpcsur.learn.rollout.test_paths`' z, or None when the
+    store has no J f."""
     dataset = open_dataset(encoded)
     if "jf" not in dataset.schema.arrays():
         return None
     F = dataset.frames_per_traj if frames is None else min(frames, dataset.frames_per_traj)
-    got = [dataset.frames(t, 0, F, ["z", "jf"]) for t in trajs]
-    return np.concatenate([g["z"] for g in got]), np.concatenate([g["jf"] for g in got])
+    return np.stack([dataset.frames(t, 0, F, ["jf"])["jf"] for t in trajs], axis=1)
 
 
 def _read_json(path: Path) -> dict:
@@ -353,7 +353,7 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
     n_obs = int(attrs["n_obs"])
     names = list(attrs.get("observables") or [f"z{i}" for i in range(n_obs)])
     t, z_true, trajs = test_paths(encoded, split, eval_cfg.trajectories, eval_cfg.frames)
-    velocities = test_velocities(encoded, trajs, eval_cfg.frames)
+    jf_true = test_velocities(encoded, trajs, eval_cfg.frames)
     runs = latent_runs(latent_cfg, attrs, split, losses, seeds, sizes)
     n_val = split.kept("validation")
     groups: dict[tuple[str, int], list] = {}                          # (loss, size) -> its seeds' runs
@@ -395,7 +395,9 @@ def evaluate_run(encoded: str, run_dir: Path, split_cfg, latent_cfg, eval_cfg, l
                      "force_evaluations": force_evaluations(members[0], attrs, latent_cfg, n_val),
                      "e_abs": summarise([e[1] for e in selected]), "e_sq": summarise([e[0] for e in selected]),
                      "seed_disagreement": seed_disagreement([e[2] for e in selected], z_true[..., :n_obs]),
-                     "velocity_error": velocity_error(row.selected, *velocities, n_obs) if velocities else None,
+                     "velocity_error": None if jf_true is None else velocity_error(
+                         row.selected, z_true.reshape(-1, z_true.shape[-1]), jf_true.reshape(-1, jf_true.shape[-1]),
+                         n_obs),
                      "seconds": [i.get("seconds") for i in done], "curve": _curve([p for p in points if p])})
     progress.close()
     plots = run_dir / "plots"

@@ -30,7 +30,7 @@ from hpcsur.log import loopback_env
 from hpcsur.ops.jobspec import JobSpec
 from hpcsur.ops import stage_table
 from hpcsur.ops.stage_table import PIPELINE
-from hpcsur.ops.wall_time import record_attempt
+from hpcsur.ops.wall_time import forget_stage, record_attempt
 
 log = logging.getLogger("hpcsur.run")
 
@@ -67,8 +67,11 @@ def redo_stale(spec: JobSpec, chosen: list[str], keep: bool) -> None:
         elif not redo and provenance.unrecorded(spec, stage):
             print(f"[run] {stage}: outputs without a provenance record (an older hpcsur): kept as they are", flush=True)
         if fields or redo:
-            for path in provenance.clear(spec, stage, only_stale_runs=not redo):
+            gone = provenance.clear(spec, stage, only_stale_runs=not redo)
+            for path in gone:
                 print(f"[run]   removed {path}", flush=True)
+            if gone and (redo or stage != "train-latent"):    # redone from scratch: its wall time starts over
+                forget_stage(spec.run_dir, stage)
         redo = redo or (bool(fields) and stage in ("generate", "train-ae", "encode"))
 
 

@@ -4,12 +4,13 @@ A stage that is stopped and resumed (a session ends, a job is requeued) runs as 
 is their sum. Each line also holds the CPU seconds the attempt's processes used (every rank, from the
 kernel's accounting of waited-for descendants): on a shared or oversubscribed machine the wall time says how
 long the user waited, the CPU time what the stage cost. Lines are appended whole (one ``write``), so a crash
-leaves at most a torn last line, which is skipped.
+leaves at most a torn last line, which is skipped. A stage whose outputs are removed to be redone (its inputs
+changed) starts its ledger over (:func:`forget_stage`); train-latent redoing only its stale runs keeps it.
 """
 from __future__ import annotations
 
 import json
-import time
+import os
 from pathlib import Path
 
 LEDGER = "stage_times.jsonl"
@@ -22,11 +23,31 @@ def record_attempt(run_dir: str | Path, stage: str, seconds: float, cpu_seconds:
 
     path = Path(run_dir) / LEDGER
     path.parent.mkdir(parents=True, exist_ok=True)
+    code = stamp()
     line = json.dumps({"stage": stage, "seconds": round(float(seconds), 3), "cpu_seconds": round(float(cpu_seconds), 3),
-                       "exit": int(exit_code), "processes": int(processes),
-                       "ended": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "commit": stamp()["commit"]})
+                       "exit": int(exit_code), "processes": int(processes), "ended": code["written"],
+                       "commit": code["commit"]})
     with open(path, "a") as fh:
         fh.write(line + "\n")
+
+
+def forget_stage(run_dir: str | Path, stage: str) -> None:
+    """Drop ``stage``'s attempts from the ledger (its outputs were removed to be redone); written to a temporary
+    file and renamed, so the ledger is never half-written."""
+    path = Path(run_dir) / LEDGER
+    if not path.exists():
+        return
+    kept = [line for line in path.read_text().splitlines() if not _is_stage(line, stage)]
+    tmp = path.with_name(f".{LEDGER}.tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _is_stage(line: str, stage: str) -> bool:
+    try:
+        return json.loads(line)["stage"] == stage
+    except (json.JSONDecodeError, KeyError, TypeError):
+        return True                                       # a torn line goes too
 
 
 def stage_wall_times(run_dir: str | Path) -> dict:

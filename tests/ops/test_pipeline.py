@@ -107,6 +107,11 @@ def test_run_chains_every_stage_and_resumes(tmp_path):
     for stage in ("train-ae", "encode", "train-latent", "evaluate"):
         assert f"[run] {stage}: exit 0" in redo.stdout
     assert json.loads((run / "autoencoder" / "done.json").read_text())["label"] == "train-ae"
+    # the wall-time ledger: the redone stages start over (one attempt each), generate keeps its first one
+    from hpcsur.ops.wall_time import stage_wall_times
+    clock = stage_wall_times(run)
+    assert {s: c["attempts"] for s, c in clock.items()} == {"generate": 1, "train-ae": 1, "encode": 1,
+                                                            "train-latent": 1, "evaluate": 1}
     record = json.loads((run / "provenance" / "train-ae.json").read_text())["inputs"]
     assert record["autoencoder.hidden"] == [12] and record["labels.p"] == 0.25
     # a stage run by itself refuses outputs made from other fields
@@ -181,7 +186,7 @@ def test_sigterm_to_run_stops_every_stage_process_and_a_rerun_finishes(tmp_path)
 
 
 def test_the_wall_time_ledger_sums_attempts_and_skips_a_torn_line(tmp_path):
-    from hpcsur.ops.wall_time import LEDGER, record_attempt, stage_wall_times
+    from hpcsur.ops.wall_time import LEDGER, forget_stage, record_attempt, stage_wall_times
     record_attempt(tmp_path, "generate", 10.0, 19.5, 75, 2)
     record_attempt(tmp_path, "generate", 5.25, 10.0, 0, 2)
     record_attempt(tmp_path, "train-ae", 3.0, 5.0, 1, 2)
@@ -191,6 +196,10 @@ def test_the_wall_time_ledger_sums_attempts_and_skips_a_torn_line(tmp_path):
     assert clock == {"generate": {"seconds": 15.25, "cpu_seconds": 29.5, "attempts": 2, "finished": True},
                      "train-ae": {"seconds": 3.0, "cpu_seconds": 5.0, "attempts": 1, "finished": False}}
     assert stage_wall_times(tmp_path / "none") == {}
+    forget_stage(tmp_path, "generate")                          # redone: its time starts over (the torn line goes)
+    assert stage_wall_times(tmp_path) == {"train-ae": {"seconds": 3.0, "cpu_seconds": 5.0, "attempts": 1,
+                                                       "finished": False}}
+    assert (tmp_path / LEDGER).read_text().count("\n") == 1
 
 
 @pytest.mark.mpi
