@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from hpcsur.ops.size_scan import crossing
+from hpcsur.ops.size_scan import crossing, read_crossings
 
 HPCSUR = str(Path(sys.executable).parent / "hpcsur")
 
@@ -66,6 +66,19 @@ def test_crossing_reads_the_first_set_below_and_interpolates_in_log_log():
     assert crossing([(10, 1e-3), (20, 5e-4)], 3e-3) == {"first_below": 10, "interpolated": 10}
 
 
+def test_looser_reading_gives_the_ratio_of_computations_at_an_equal_error():
+    point = lambda c, e, d: {"force_computations": c, "e_abs": {"mean": e}, "seed_disagreement": {"mean": d}}
+    curves = {"lz": [point(1e6, 5e-2, 1e-2), point(4e6, 5e-3, 2e-3)],
+              "lxp": [point(1e4, 2e-2, 5e-3), point(4e4, 8e-3, 4e-3), point(1e5, 6e-3, 1e-3)]}
+    got = read_crossings(curves, 1e-2)
+    lz, lxp = crossing([(1e6, 5e-2), (4e6, 5e-3)], 1e-2), crossing([(1e4, 2e-2), (4e4, 8e-3), (1e5, 6e-3)], 1e-2)
+    assert got["needed"] == {"lz": lz, "lxp": lxp} and got["lz_over_lxp"] == pytest.approx(lz["interpolated"]
+                                                                                            / lxp["interpolated"])
+    assert 1e6 < lz["interpolated"] < 4e6 and 1e4 < lxp["interpolated"] < 4e4
+    assert got["needed_paper_metric"]["lxp"]["first_below"] == 1e4 and got["needed_paper_metric"]["lz"]["first_below"] == 4e6
+    assert read_crossings(curves, 3e-3)["lz_over_lxp"] is None    # L_z never reaches it: no ratio
+
+
 @pytest.mark.mpi
 def test_size_scan_of_a_real_campaign(tmp_path):
     from hpcsur.ops.campaign.members import plan_members
@@ -103,3 +116,5 @@ def test_size_scan_of_a_real_campaign(tmp_path):
             assert size["needed_paper_metric"][loss] == crossing(
                 [(p["force_computations"], p["seed_disagreement"]["mean"]) for p in points], 3e-3)
         assert len(size["curves"]["lz"]) == 2 and len(size["curves"]["lxp"]) == 2
+        assert out["looser_tolerances"] == [1e-2]
+        assert size["needed_looser"]["0.01"] == json.loads(json.dumps(read_crossings(size["curves"], 1e-2)))
