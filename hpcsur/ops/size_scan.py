@@ -7,7 +7,8 @@ for L_x,p -- the paper's "configurations x atoms". The computations needed to re
 curve two ways:
 
 * ``first_below``: the smallest training set whose mean error is below e_tol (the paper's reading of its runs);
-* ``interpolated``: log-log interpolation between the last set above e_tol and the first below it.
+* ``interpolated``: log-log interpolation between the last set above e_tol and the first below it; where the
+  smallest set is already below (``upper_bound``), it is that set's computations, an upper bound on what is needed.
 
 Either is None when no training set of the scan reaches e_tol; then ``more_than`` gives the largest set tried, a
 lower bound on what is needed (fig4.png marks it with an upward triangle). Each is read twice: on ``e_abs`` against
@@ -41,7 +42,7 @@ def crossing(points: list[tuple[float, float]], tol: float) -> dict:
     first = next((i for i, (_, e) in enumerate(pts) if e < tol), None)
     if first is None:
         return {"first_below": None, "interpolated": None, "more_than": pts[-1][0] if pts else None}
-    out = {"first_below": pts[first][0], "interpolated": pts[first][0]}
+    out = {"first_below": pts[first][0], "interpolated": pts[first][0], "upper_bound": first == 0}
     if first > 0:
         (c0, e0), (c1, e1) = pts[first - 1], pts[first]
         if e0 > tol and c1 > c0:
@@ -72,13 +73,19 @@ def member_curves(spec: JobSpec, report: dict) -> dict[str, list[dict]]:
 
 def read_crossings(curves: dict[str, list[dict]], tol: float) -> dict:
     """Computations needed to reach ``tol`` per loss, against the truth and on the paper's metric, and the ratio
-    L_z / L_x,p of the interpolated ones where both curves reach ``tol`` against the truth."""
+    L_z / L_x,p of the interpolated ones where both curves reach ``tol`` against the truth; ``lz_over_lxp_is``
+    says whether that ratio is exact or, where a curve starts below ``tol``, a lower or upper bound."""
     needed = {loss: crossing([(p["force_computations"], p["e_abs"]["mean"]) for p in pts], tol)
               for loss, pts in curves.items()}
     paper_metric = {loss: crossing([(p["force_computations"], p["seed_disagreement"]["mean"]) for p in pts
                                     if p["seed_disagreement"]], tol) for loss, pts in curves.items()}
-    lz, lxp = (needed.get(loss, {}).get("interpolated") for loss in ("lz", "lxp"))
-    return {"needed": needed, "needed_paper_metric": paper_metric, "lz_over_lxp": lz / lxp if lz and lxp else None}
+    lz, lxp = (needed.get(loss, {}) for loss in ("lz", "lxp"))
+    if not (lz.get("interpolated") and lxp.get("interpolated")):
+        return {"needed": needed, "needed_paper_metric": paper_metric, "lz_over_lxp": None, "lz_over_lxp_is": None}
+    bound = {(False, False): "exact", (False, True): "lower bound", (True, False): "upper bound"}.get(
+        (lz["upper_bound"], lxp["upper_bound"]), "unknown")
+    return {"needed": needed, "needed_paper_metric": paper_metric,
+            "lz_over_lxp": lz["interpolated"] / lxp["interpolated"], "lz_over_lxp_is": bound}
 
 
 def scan_results(spec: JobSpec, tol: float = FIG4_TOLERANCE, looser: tuple[float, ...] = LOOSER_TOLERANCES) -> dict:

@@ -63,7 +63,8 @@ def test_crossing_reads_the_first_set_below_and_interpolates_in_log_log():
     assert got["interpolated"] == pytest.approx(expected, rel=1e-12) and 200 < got["interpolated"] < 400
     assert crossing([(10, 1.0), (20, 0.5)], 3e-3) == {"first_below": None, "interpolated": None, "more_than": 20}
     assert crossing([], 3e-3) == {"first_below": None, "interpolated": None, "more_than": None}
-    assert crossing([(10, 1e-3), (20, 5e-4)], 3e-3) == {"first_below": 10, "interpolated": 10}
+    assert crossing([(10, 1e-3), (20, 5e-4)], 3e-3) == {"first_below": 10, "interpolated": 10, "upper_bound": True}
+    assert got["upper_bound"] is False
 
 
 def test_looser_reading_gives_the_ratio_of_computations_at_an_equal_error():
@@ -76,7 +77,9 @@ def test_looser_reading_gives_the_ratio_of_computations_at_an_equal_error():
                                                                                             / lxp["interpolated"])
     assert 1e6 < lz["interpolated"] < 4e6 and 1e4 < lxp["interpolated"] < 4e4
     assert got["needed_paper_metric"]["lxp"]["first_below"] == 1e4 and got["needed_paper_metric"]["lz"]["first_below"] == 4e6
+    assert got["lz_over_lxp_is"] == "exact"
     assert read_crossings(curves, 3e-3)["lz_over_lxp"] is None    # L_z never reaches it: no ratio
+    assert read_crossings(curves, 2.5e-2)["lz_over_lxp_is"] == "lower bound"   # L_x,p starts below: needs at most 1e4
 
 
 @pytest.mark.mpi
