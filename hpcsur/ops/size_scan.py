@@ -117,12 +117,13 @@ def scan_results(spec: JobSpec, tol: float = FIG4_TOLERANCE, looser: tuple[float
 
 
 def plot_fig4(path: Path, scan: dict) -> None:
-    """Left: error vs force computations per size and loss; right: computations needed vs size (ours, paper)."""
+    """Left: error vs force computations per size and loss; middle: computations needed vs size (ours, paper);
+    right: the ratio L_z / L_x,p of computations at an equal error vs size (ours at each tolerance, the paper's)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (left, right) = plt.subplots(1, 2, figsize=(13.5, 4.2))
+    fig, (left, right, ratio) = plt.subplots(1, 3, figsize=(19, 5.6), gridspec_kw={"width_ratios": [1, 1, 0.8]})
     styles = {"lz": "o-", "lx": "s-", "lxp": "^-"}
     done = [s for s in scan["sizes"] if s["status"] == "evaluated"]
     for s in done:
@@ -148,7 +149,18 @@ def plot_fig4(path: Path, scan: dict) -> None:
         paper = sorted((n, v[loss]) for n, v in FIG4.items())
         right.plot(*zip(*paper), "x--", color=colour, alpha=0.6, label=f"{loss} (paper)")
     right.set(xscale="log", yscale="log", xlabel="atoms", ylabel=f"force computations to e < {scan['tolerance']:g}")
-    right.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))   # beside the axes: no point hidden
+    right.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=2)   # below: no point hidden
+    for i, tol in enumerate([scan["tolerance"], *scan.get("looser_tolerances", [])]):
+        reads = [(s["blocks"], s if tol == scan["tolerance"] else s["needed_looser"][f"{tol:g}"]) for s in done]
+        for marker, kinds in (("o-", ("exact",)), ("^", ("lower bound",)), ("v", ("upper bound",))):
+            pts = [(n, r["lz_over_lxp"]) for n, r in reads if r.get("lz_over_lxp_is") in kinds]
+            if pts:
+                ratio.plot(*zip(*pts), marker, color=f"C{i + 2}", label=f"hpcsur, e < {tol:g}"
+                           + ("" if marker == "o-" else f" ({kinds[0]})"))
+    paper = sorted((n, v["lz"] / v["lxp"]) for n, v in FIG4.items())
+    ratio.plot(*zip(*paper), "x--", color="k", alpha=0.6, label=f"paper, e < {scan['tolerance']:g}")
+    ratio.set(xscale="log", yscale="log", xlabel="atoms", ylabel="L_z / L_x,p force computations at equal error")
+    ratio.legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
