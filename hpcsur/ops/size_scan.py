@@ -17,8 +17,8 @@ the truth (``needed``), and on the error against the last seed's prediction (``n
 sizes whose mean of that number is below 3e-3 (method notes, section 2.5). Where a scan cannot train far enough to
 reach e_tol (fewer training sets on fewer cores), the same readings at looser tolerances (``LOOSER_TOLERANCES``,
 ``needed_looser``) still compare the two losses at an equal error: ``lz_over_lxp`` is the ratio of their
-interpolated computations, the paper's argument (L_z's cost grows with n, L_x,p's does not). ``hpcsur results --size-scan JOB`` writes
-``results/<job>.json`` and ``results/fig4.png`` from the members' reports.
+interpolated computations, the paper's argument (L_z's cost grows with n, L_x,p's does not).
+``hpcsur results --size-scan JOB`` writes ``results/<job>.json`` and ``results/fig4.png`` from the members' reports.
 """
 from __future__ import annotations
 
@@ -80,12 +80,12 @@ def read_crossings(curves: dict[str, list[dict]], tol: float) -> dict:
     paper_metric = {loss: crossing([(p["force_computations"], p["seed_disagreement"]["mean"]) for p in pts
                                     if p["seed_disagreement"]], tol) for loss, pts in curves.items()}
     lz, lxp = (needed.get(loss, {}) for loss in ("lz", "lxp"))
-    if not (lz.get("interpolated") and lxp.get("interpolated")):
-        return {"needed": needed, "needed_paper_metric": paper_metric, "lz_over_lxp": None, "lz_over_lxp_is": None}
-    bound = {(False, False): "exact", (False, True): "lower bound", (True, False): "upper bound"}.get(
-        (lz["upper_bound"], lxp["upper_bound"]), "unknown")
-    return {"needed": needed, "needed_paper_metric": paper_metric,
-            "lz_over_lxp": lz["interpolated"] / lxp["interpolated"], "lz_over_lxp_is": bound}
+    ratio = bound = None
+    if lz.get("interpolated") and lxp.get("interpolated"):
+        ratio = lz["interpolated"] / lxp["interpolated"]
+        bound = {(False, False): "exact", (False, True): "lower bound", (True, False): "upper bound",
+                 (True, True): "unknown"}[(lz["upper_bound"], lxp["upper_bound"])]
+    return {"needed": needed, "needed_paper_metric": paper_metric, "lz_over_lxp": ratio, "lz_over_lxp_is": bound}
 
 
 def scan_results(spec: JobSpec, tol: float = FIG4_TOLERANCE, looser: tuple[float, ...] = LOOSER_TOLERANCES) -> dict:
@@ -93,6 +93,7 @@ def scan_results(spec: JobSpec, tol: float = FIG4_TOLERANCE, looser: tuple[float
     from hpcsur.ops.campaign.members import plan_members
     from hpcsur.provenance import stamp
 
+    looser = [t for t in looser if t > tol]
     sizes = []
     for member in plan_members(spec):
         _, n = state_layout(member.spec)
@@ -104,12 +105,13 @@ def scan_results(spec: JobSpec, tol: float = FIG4_TOLERANCE, looser: tuple[float
             continue
         curves = member_curves(member.spec, json.loads(report_path.read_text()))
         sizes.append({**entry, "status": "evaluated", "curves": curves, **read_crossings(curves, tol),
-                      "needed_looser": {f"{t:g}": read_crossings(curves, t) for t in looser if t > tol}})
+                      "needed_looser": {f"{t:g}": read_crossings(curves, t) for t in looser}})
     if not any(s["status"] == "evaluated" for s in sizes):
         raise InputError(f"{spec.source}: no member of the scan is evaluated yet (no report.json in "
                          f"{', '.join(s['report'] for s in sizes)}); run the campaign first")
     return {"kind": SIZE_SCAN, "job": spec.name, "spec": spec.source, "spec_hash": spec.spec_hash(), "code": stamp(),
-            "tolerance": tol, "looser_tolerances": [t for t in looser if t > tol], "metric": "e_abs (the reference code's metric), mean over seeds",
+            "tolerance": tol, "looser_tolerances": looser,
+            "metric": "e_abs (the reference code's metric), mean over seeds",
             "paper_metric": "e_abs of every seed but the last against the last seed's rollout (the reference's test() "
                             "as written), mean: needed_paper_metric",
             "force_computations": "training frames x atoms with forces per frame (n for lz, k = p n for lxp)",
